@@ -1,0 +1,159 @@
+"""The ``harness`` command: a thin shell over the library. Bad input → one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import HarnessError, TrainingError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage problem in one line (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"harness: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness", description="Train, evaluate and inspect Flax models on MNIST and Fashion-MNIST.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a config into a workdir; extra --config.KEY=VALUE override the config")
+    t.add_argument("--config", default="default", help="config file, or a shipped config's name (default: default)")
+    t.add_argument("--workdir", help="where metrics, TensorBoard files and checkpoints go (default: runs/CONFIG)")
+
+    e = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint on the full test split")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    pr = sub.add_parser("predict", help="classify test images by index with a workdir's latest checkpoint")
+    pr.add_argument("--workdir", required=True)
+    pr.add_argument("--index", type=int, nargs="+", required=True, metavar="I")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+
+    d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
+        dest="data_command", required=True, parser_class=_Parser
+    )
+    imp = d.add_parser("import", help="prepare a dataset from the four standard IDX files in DIR")
+    imp.add_argument("dir", type=Path)
+    info = d.add_parser("info", help="splits, shapes, class names and where the data lives")
+    for q in (imp, info):
+        q.add_argument("--dataset", required=True, choices=("mnist", "fashion_mnist"))
+        q.add_argument("--data-dir", default=None, help="tfds data dir (default: TFDS_DATA_DIR or tfds' default)")
+    return p
+
+
+def _split_overrides(extra: Sequence[str]) -> list[str]:
+    """``--config.a=1 --config.b 2`` → ``['a=1', 'b=2']``; anything else is a usage error."""
+    overrides, it = [], iter(extra)
+    for arg in it:
+        if not arg.startswith("--config."):
+            raise HarnessError(f"unrecognized argument {arg!r}; config overrides look like --config.KEY=VALUE")
+        body = arg[len("--config.") :]
+        if "=" not in body:
+            value = next(it, None)
+            if value is None:
+                raise HarnessError(f"{arg}: missing value (use {arg}=VALUE)")
+            body = f"{body}={value}"
+        overrides.append(body)
+    return overrides
+
+
+def _train(args, extra: Sequence[str]) -> int:
+    from harness import config as config_lib
+    from harness.train import train_and_evaluate
+
+    config = config_lib.load(args.config, _split_overrides(extra))
+    workdir = args.workdir or os.path.join("runs", Path(args.config).stem)
+    train_and_evaluate(config, workdir)
+    return 0
+
+
+def _eval(args) -> int:
+    from harness.evaluate import evaluate_workdir
+
+    result = evaluate_workdir(args.workdir)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("test_accuracy", "test_loss", "step", "epoch", "dataset")}))
+    else:
+        print(
+            f"{result['dataset']} test split ({result['test_examples']:.0f} images), step {result['step']}: "
+            f"test_accuracy {result['test_accuracy']:.4f}  test_loss {result['test_loss']:.4f}"
+        )
+    return 0
+
+
+def _predict(args) -> int:
+    from harness.evaluate import predict
+
+    rows = predict(args.workdir, args.index)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        top3 = ", ".join(f"{name} {p:.3f}" for name, p in r["top3"])
+        mark = "✓" if r["correct"] else "✗"
+        print(f"#{r['index']}: true {r['true']!r}, predicted {r['predicted']!r} {mark}  top-3: {top3}")
+    return 0
+
+
+def _data(args) -> int:
+    import numpy as np
+
+    from harness.data import datasets
+
+    if args.data_command == "import":
+        b = datasets.prepare_from_dir(args.dataset, args.dir, args.data_dir)
+        print(f"imported {args.dataset} from {args.dir.resolve()} into {b.data_dir}")
+        return 0
+    b = datasets.builder(args.dataset, args.data_dir)
+    print(f"dataset: {args.dataset} (tfds builder {type(b).__module__}.{type(b).__name__}, version {b.version})")
+    print(f"data dir: {b.data_dir} ({'prepared' if b.is_prepared() else 'not prepared'})")
+    if b.is_prepared():
+        for name, split in sorted(b.info.splits.items()):
+            print(f"split {name}: {split.num_examples} examples")
+    features = b.info.features
+    print(f"image: shape {features['image'].shape}, dtype {np.dtype(features['image'].np_dtype).name}")
+    print(f"classes ({features['label'].num_classes}): {', '.join(features['label'].names)}")
+    if not b.is_prepared():
+        print(f"to prepare: {datasets.no_data_message(args.dataset).split('; ', 1)[1]}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harness`` console script."""
+    args, extra = _parser().parse_known_args(argv)
+    try:
+        if extra and args.command != "train":
+            raise HarnessError(f"unrecognized arguments: {' '.join(extra)}")
+        _quiet_libraries()
+        if args.command == "train":
+            return _train(args, extra)
+        return {"eval": _eval, "predict": _predict, "data": _data}[args.command](args)
+    except TrainingError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return 1
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

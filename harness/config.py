@@ -1,0 +1,156 @@
+"""Configs: Python files with ``get_config()``, dotted command-line overrides, and validation.
+
+Config files are Python by convention (as in Flax's examples and big_vision) and are executed when loaded: only
+load config files you trust. Every other user input is parsed as data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+from harness.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+ALLOWED = {
+    "dataset": ("mnist", "fashion_mnist"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("constant", "warmup_cosine"),
+    "parallel": ("pmap", "jit"),
+    "dtype": ("float32", "bfloat16"),
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the harness knows, with its default. Shipped configs start from this."""
+    c = ml_collections.ConfigDict()
+    c.dataset = "fashion_mnist"
+    c.data_dir = ""  # '' = tfds' default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.model = "cnn"
+    c.mlp_hidden = (128,)  # hidden layer sizes of the `mlp` model
+    c.dtype = "float32"  # compute dtype; parameters are always float32
+    c.num_epochs = 10
+    c.batch_size = 128  # global: split across all devices
+    c.optimizer = "adam"
+    c.learning_rate = 1e-3
+    c.momentum = 0.9  # sgd only
+    c.weight_decay = 1e-4  # adamw only
+    c.schedule = "constant"
+    c.warmup_epochs = 0.0  # warmup_cosine only
+    c.seed = 0
+    c.parallel = "pmap"
+    c.num_devices = 0  # 0 = every local device
+    c.log_every_steps = 100
+    c.eval_every_epochs = 1
+    return c
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A config file path, or the name of a shipped config (``mnist_cnn`` → ``configs/mnist_cnn.py``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.resolve()
+    shipped = CONFIGS_DIR / f"{name_or_path}.py"
+    if path.suffix == "" and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_")))
+    raise ConfigError(f"config file {name_or_path!r} does not exist; shipped configs: {names}")
+
+
+def load(name_or_path: str = "default", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a config file, applies ``key=value`` overrides and locks it (a misspelled key is an error)."""
+    path = resolve_path(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"harness_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # The user named this file: configs are Python by convention.
+        config = module.get_config()
+    except Exception as e:  # any failure of user code becomes one line
+        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path}: get_config() must return an ml_collections.ConfigDict")
+    config.lock()
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def _convert(key: str, text: str, current):
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"config.{key}={text!r}: expected true or false")
+    if isinstance(current, int | float):
+        try:
+            value = type(current)(text) if isinstance(current, float) else int(text)
+        except ValueError:
+            raise ConfigError(f"config.{key}={text!r}: expected a {type(current).__name__}") from None
+        return value
+    if isinstance(current, tuple | list):
+        try:
+            items = [int(p) for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"config.{key}={text!r}: expected comma-separated integers, e.g. 256,128") from None
+        return tuple(items)
+    if current is None:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Applies one ``dotted.key=value`` override, typed like the current value."""
+    key, sep, text = override.partition("=")
+    if not sep:
+        raise ConfigError(f"override {override!r} must look like --config.KEY=VALUE")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(config.keys()))}")
+    with config.unlocked():
+        node[leaf] = _convert(key, text, node[leaf])
+
+
+def _positive(config, key: str, kind=(int,)) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"config.{key}={value!r}: must be a positive finite number")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks every key against what is allowed; ``num_devices`` is the device count the run will use."""
+    from harness.models import MODELS  # models import flax: keep config loading light
+
+    for key, allowed in ALLOWED.items():
+        if config[key] not in allowed:
+            raise ConfigError(f"config.{key}={config[key]!r}: allowed: {', '.join(allowed)}")
+    if config.model not in MODELS:
+        raise ConfigError(f"config.model={config.model!r}: allowed: {', '.join(MODELS)}")
+    for key in ("batch_size", "num_epochs", "log_every_steps", "eval_every_epochs"):
+        _positive(config, key)
+    _positive(config, "learning_rate", (int, float))
+    if config.num_devices < 0:
+        raise ConfigError(f"config.num_devices={config.num_devices}: must be 0 (all) or a positive count")
+    if config.batch_size % num_devices:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size}: must be divisible by the device count ({num_devices})"
+        )
+    if not all(isinstance(h, int) and h > 0 for h in config.mlp_hidden):
+        raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")
+    if not 0 <= config.warmup_epochs < config.num_epochs:
+        raise ConfigError(f"config.warmup_epochs={config.warmup_epochs}: must be in [0, num_epochs)")
+    for key in ("momentum", "weight_decay"):
+        if not (math.isfinite(config[key]) and config[key] >= 0):
+            raise ConfigError(f"config.{key}={config[key]}: must be a finite number >= 0")

@@ -1,0 +1,1 @@
+"""Data: IDX files, tfds builders that prepare without TensorFlow, and batch order."""

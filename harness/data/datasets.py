@@ -1,0 +1,187 @@
+"""MNIST and Fashion-MNIST as tfds datasets that prepare and load without TensorFlow.
+
+The stock tfds builders need TensorFlow to prepare (``tf.io.gfile`` and PNG-encoded ``Image`` features). The
+builders here subclass them — same names, download URLs, checksums and class names — but store the images as
+uint8 ``Tensor`` features in ArrayRecord files, parse the IDX files with :mod:`harness.data.idx` and are read
+with ``as_data_source`` (what ``tfds.data_source`` calls). They carry version 3.1.0 so that a copy prepared by
+the stock builder (3.0.1, TFRecord + PNG) in the same data dir is never mistaken for one of ours.
+
+Where the data comes from, in order: an already prepared copy in the data dir; IDX files in a directory (the
+``harness data import`` command, or Debian's ``dataset-fashion-mnist`` package, found automatically); a download
+by tfds when the machine is online.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import utils as tfds_utils
+from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+from harness.data import idx
+from harness.errors import DataError
+
+DEBIAN_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+DEBIAN_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+_VERSION = tfds.core.Version("3.1.0")
+_RELEASE_NOTES = {"3.1.0": "harness: uint8 Tensor images in ArrayRecord, numpy IDX reader; no TensorFlow needed."}
+
+
+class _IdxBuilderMixin:
+    """Replaces the TensorFlow-bound parts of the stock MNIST builders; reads IDX files from a dir or the web."""
+
+    VERSION = _VERSION
+    RELEASE_NOTES = _RELEASE_NOTES
+
+    def __init__(self, *, idx_dir: Path | None = None, **kwargs):
+        self.idx_dir = Path(idx_dir) if idx_dir else None
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    @tfds_utils.classproperty
+    @classmethod
+    def _checksums_path(cls):
+        """The stock builder's registered checksums (same URLs, same files)."""
+        return tfds_utils.tfds_path() / "url_checksums" / f"{cls.name}.txt"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        stock = super()._info()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=stock.description,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=tfds_mnist.MNIST_IMAGE_SHAPE, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=stock.features["label"].names),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage=stock.homepage,
+            citation=stock.citation,
+        )
+
+    def _split_generators(self, dl_manager):
+        if self.idx_dir is not None:
+            files = {key: idx.find_file(self.idx_dir, stem) for key, stem in idx.STANDARD_FILES.items()}
+        else:
+            urls = {key: urllib.parse.urljoin(self.URL, f"{stem}.gz") for key, stem in idx.STANDARD_FILES.items()}
+            files = dl_manager.download(urls)
+        return {
+            split: self._generate_examples(files[(split, "images")], files[(split, "labels")])
+            for split in ("train", "test")
+        }
+
+    def _generate_examples(self, images_path, labels_path):
+        images = idx.parse_images(idx.read_bytes(images_path), str(images_path))
+        labels = idx.parse_labels(idx.read_bytes(labels_path), str(labels_path))
+        if len(images) != len(labels):
+            raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images")
+        for index in range(len(images)):
+            yield index, {"image": images[index], "label": labels[index]}
+
+
+class Mnist(_IdxBuilderMixin, tfds_mnist.MNIST, skip_registration=True):
+    """MNIST handwritten digits, prepared without TensorFlow."""
+
+    name = "mnist"
+
+
+class FashionMnist(_IdxBuilderMixin, tfds_mnist.FashionMNIST, skip_registration=True):
+    """Fashion-MNIST (Zalando article images), prepared without TensorFlow."""
+
+    name = "fashion_mnist"
+
+
+BUILDERS = {"mnist": Mnist, "fashion_mnist": FashionMnist}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split in host memory: uint8 images (N, 28, 28, 1) and int32 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def builder(name: str, data_dir: str | None = None, idx_dir: Path | None = None) -> tfds.core.DatasetBuilder:
+    """The harness builder for ``name``; ``data_dir`` None means tfds' default (``TFDS_DATA_DIR`` honoured)."""
+    if name not in BUILDERS:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(BUILDERS))}")
+    return BUILDERS[name](data_dir=data_dir or None, idx_dir=idx_dir)
+
+
+def class_names(name: str) -> list[str]:
+    """The class names of ``name`` (digits '0'..'9' for MNIST)."""
+    return list(builder(name).info.features["label"].names)
+
+
+def _online(url: str, timeout: float = 3.0) -> bool:
+    parts = urllib.parse.urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def no_data_message(name: str) -> str:
+    """The one line telling the user the ways to get ``name``."""
+    ways = [f"`harness data import DIR --dataset {name}` with the four IDX files in DIR"]
+    if name in DEBIAN_PACKAGES:
+        ways.insert(0, f"`apt-get install {DEBIAN_PACKAGES[name]}`")
+    return (
+        f"no {name} data: not prepared in the data dir and the download site is unreachable; "
+        "get it with " + " or ".join(ways)
+    )
+
+
+def prepare_from_dir(name: str, directory: Path, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """Validates the four IDX files in ``directory`` and prepares the tfds dataset from them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory")
+    missing = idx.missing_files(directory)
+    if missing:
+        raise DataError(f"{directory}: missing {', '.join(missing)} (each may be gzipped)")
+    for split in ("train", "test"):  # Validate everything before tfds writes anything.
+        idx.load_split(directory, split)
+    b = builder(name, data_dir, idx_dir=directory)
+    if b.is_prepared():
+        raise DataError(f"{name} is already prepared in {b.data_dir}; remove that folder to import again")
+    b.download_and_prepare()
+    return b
+
+
+def ensure_prepared(name: str, data_dir: str | None = None) -> tuple[tfds.core.DatasetBuilder, str]:
+    """Returns a prepared builder for ``name`` and a phrase saying where its data came from."""
+    b = builder(name, data_dir)
+    if b.is_prepared():
+        return b, f"prepared tfds data in {b.data_dir}"
+    debian = DEBIAN_DIRS.get(name)
+    if debian is not None and not idx.missing_files(debian):
+        b = prepare_from_dir(name, debian, data_dir)
+        return b, f"Debian's {DEBIAN_PACKAGES[name]} files in {debian}, prepared into {b.data_dir}"
+    if not _online(b.URL):
+        raise DataError(no_data_message(name))
+    b.download_and_prepare()
+    return b, f"downloaded by tfds, prepared into {b.data_dir}"
+
+
+def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
+    """Reads a whole split through ``as_data_source`` into host arrays."""
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; allowed: train, test")
+    source = b.as_data_source(split=split)
+    examples = source.__getitems__(list(range(len(source))))
+    images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+    labels = np.asarray([e["label"] for e in examples], np.int32)
+    return Split(images.reshape(-1, *tfds_mnist.MNIST_IMAGE_SHAPE), labels)

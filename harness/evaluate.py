@@ -1,0 +1,72 @@
+"""Evaluation and prediction from a trained workdir (its config and latest checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from harness import models, parallel, steps
+from harness.checkpoint import Checkpoints
+from harness.data import datasets
+from harness.errors import DataError, WorkdirError
+from harness.train import evaluate
+
+
+def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, object, object, dict]:
+    """(config, graphdef, params, checkpoint metadata) of the latest checkpoint in ``workdir``."""
+    workdir = Path(workdir).resolve()
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise WorkdirError(f"{workdir}: no trained run here (config.json missing); train with --workdir {workdir}")
+    try:
+        config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    except json.JSONDecodeError as e:
+        raise WorkdirError(f"{config_file}: not valid JSON ({e})") from None
+    tx = steps.make_optimizer(config, 1)
+    graphdef, state = steps.init_state(models.create(config), tx)
+    ckpt = Checkpoints(workdir, create=False)
+    try:
+        state, meta = ckpt.restore(jax.device_get(state))
+    finally:
+        ckpt.close()
+    return config, graphdef, state.params, meta
+
+
+def evaluate_workdir(workdir: str | Path) -> dict:
+    """Test loss and accuracy of the latest checkpoint in ``workdir`` on the full test split."""
+    config, graphdef, params, meta = load_trained(workdir)
+    builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
+    test = datasets.load_split(builder, "test")
+    par = parallel.Parallel("jit", parallel.select_devices(1), graphdef, None)
+    data = par.replicate({"image": test.images, "label": test.labels})
+    result = evaluate(par, par.replicate(params), data, len(test), config.batch_size)
+    return {**result, "step": meta["step"], "epoch": meta["epoch"], "dataset": config.dataset}
+
+
+def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
+    """For each test-split index: the true label, the predicted class and the top-3 probabilities."""
+    config, graphdef, params, _ = load_trained(workdir)
+    builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
+    test = datasets.load_split(builder, "test")
+    bad = [i for i in indices if not 0 <= i < len(test)]
+    if bad:
+        raise DataError(f"--index {bad[0]}: outside the test split (0..{len(test) - 1})")
+    names = datasets.class_names(config.dataset)
+    probs = np.asarray(jax.jit(steps.predict_probs, static_argnums=0)(graphdef, params, test.images[indices]))
+    rows = []
+    for i, p in zip(indices, probs, strict=True):
+        top = np.argsort(-p)[:3]
+        rows.append(
+            {
+                "index": i,
+                "true": names[test.labels[i]],
+                "predicted": names[top[0]],
+                "correct": bool(top[0] == test.labels[i]),
+                "top3": [[names[k], float(p[k])] for k in top],
+            }
+        )
+    return rows

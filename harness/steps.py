@@ -1,0 +1,102 @@
+"""Pure train and eval steps over pytrees (NNX split/merge functional form). No device code here.
+
+Steps return *sums* (loss, correct predictions, example count) so that padded batches, several devices and
+several steps all aggregate exactly. ``reduce`` is the one hook for collectives: identity on one device or under
+``jit`` sharding (the batch is one global array there), a ``psum`` over the device axis under ``pmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from harness.data.batches import gather
+
+Reduce = Callable[[Any], Any]
+
+
+def identity(tree: Any) -> Any:
+    """The ``reduce`` of a single device or a jit-sharded global batch."""
+    return tree
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, as a pytree."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimizer named by ``config.optimizer`` with ``config.schedule``."""
+    lr: Any = config.learning_rate
+    if config.schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=config.learning_rate,
+            warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+            decay_steps=config.num_epochs * steps_per_epoch,
+        )
+    if config.optimizer == "sgd":
+        return optax.sgd(lr, momentum=config.momentum or None)
+    if config.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=config.weight_decay)
+    return optax.adam(lr)
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits ``model`` into its static graph and a fresh :class:`TrainState`."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _sums(logits: jax.Array, batch: dict) -> dict:
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    w = batch["weight"]
+    return {
+        "loss": jnp.sum(per_example * w),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * w),
+        "count": jnp.sum(w),
+    }
+
+
+def train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    data: dict,
+    indices: jax.Array,
+    reduce: Reduce = identity,
+) -> tuple[TrainState, dict]:
+    """One optimizer step on the batch ``indices`` of ``data``; returns the new state and the batch's sums."""
+    batch = gather(data, indices)
+
+    def loss_fn(params):
+        logits = nnx.merge(graphdef, params)(batch["image"])
+        sums = _sums(logits, batch)
+        return sums["loss"], sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, sums = reduce((grads, sums))
+    grads = jax.tree.map(lambda g: g / jnp.maximum(sums["count"], 1.0), grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+
+def eval_step(graphdef: nnx.GraphDef, params: Any, data: dict, indices: jax.Array, reduce: Reduce = identity) -> dict:
+    """Loss/accuracy sums of the batch ``indices`` of ``data`` (padding has weight 0)."""
+    batch = gather(data, indices)
+    return reduce(_sums(nnx.merge(graphdef, params)(batch["image"]), batch))
+
+
+def predict_probs(graphdef: nnx.GraphDef, params: Any, images: jax.Array) -> jax.Array:
+    """Class probabilities for ``images``."""
+    return jax.nn.softmax(nnx.merge(graphdef, params)(images), axis=-1)
