@@ -221,5 +221,6 @@ class _Loop:
                 self.save(state, row)
             self.emit("on_epoch_end", epoch, row)
         summary = {**row, "train_seconds": train_seconds, "wall_seconds": self.clock() - start}
+        summary["compilations"] = dict(run.par.traces)
         self.emit("on_train_end", summary)
         return summary

@@ -14,6 +14,7 @@ by tfds when the machine is online.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import urllib.parse
 from pathlib import Path
@@ -124,6 +125,9 @@ def class_names(name: str) -> list[str]:
 
 
 def _online(url: str, timeout: float = 3.0) -> bool:
+    """Whether the download site answers; ``HARNESS_OFFLINE=1`` says no without asking."""
+    if os.environ.get("HARNESS_OFFLINE", "") not in ("", "0"):
+        return False
     parts = urllib.parse.urlparse(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:

@@ -1,0 +1,97 @@
+"""Shared fixtures. Every test process sees 8 fake CPU devices (set before jax is imported)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import pytest
+
+from harness import config as config_lib
+from harness.data import datasets, idx
+
+
+def make_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Learnable synthetic images: class k lights up rows 2k+2..2k+4 (plus noise)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (len(labels), 28, 28, 1), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 2 * k + 2 : 2 * k + 5, 4:24, 0] = 200 + rng.integers(0, 55)
+    return images
+
+
+def gzip_with_header(payload: bytes, name: str) -> bytes:
+    """gzip bytes whose header carries a file name and an mtime (like Debian's re-gzipped files)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=buf, mtime=1591315200) as f:
+        f.write(payload)
+    return buf.getvalue()
+
+
+def write_tiny_idx(directory, num_train: int = 512, num_test: int = 100, seed: int = 0) -> dict:
+    """Writes the four standard files: train gzipped with a named header, test plain. Returns the arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", num_train), ("test", num_test)):
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        arrays[split] = (make_images(labels, seed + n), labels)
+    directory.mkdir(parents=True, exist_ok=True)
+    for (split, kind), stem in idx.STANDARD_FILES.items():
+        images, labels = arrays[split]
+        payload = idx.encode_images(images) if kind == "images" else idx.encode_labels(labels)
+        if split == "train":
+            (directory / f"{stem}.gz").write_bytes(gzip_with_header(payload, stem))
+        else:
+            (directory / stem).write_bytes(payload)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def tiny_idx_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_idx")
+    write_tiny_idx(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory, tiny_idx_dir):
+    """A tfds data dir holding the tiny dataset imported as both mnist and fashion_mnist."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    for name in ("mnist", "fashion_mnist"):
+        datasets.prepare_from_dir(name, tiny_idx_dir, str(data_dir))
+    return str(data_dir)
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+    """A config that trains the tiny MLP on the tiny dataset in about a second."""
+    c = config_lib.base_config()
+    c.dataset = "fashion_mnist"
+    c.data_dir = tiny_data_dir
+    c.model = "mlp_tiny"
+    c.num_epochs = 2
+    c.batch_size = 64
+    c.learning_rate = 3e-3
+    c.log_every_steps = 4
+    return c
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+    """``tfds.testing.mock_data`` with its ``__getitems__`` fixed (tfds 4.9.10 leaves it unbound: the mock's
+    ``_getitems(self, record_keys, generator)`` then receives the keys as ``self``)."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.testing import mocking
+
+    original = mocking._getitems
+
+    def unbound_getitems(record_keys, generator, serialized=False):
+        return original(None, record_keys, generator, serialized)
+
+    monkeypatch.setattr(mocking, "_getitems", unbound_getitems)
+    return tfds.testing.mock_data

@@ -1,0 +1,125 @@
+"""The ``harness`` command: real subprocesses for the user's paths, in-process ``main`` for the many bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import write_tiny_idx
+
+from harness import cli
+
+
+def run_cli(*args, env=None, cwd=None):
+    full_env = {**os.environ, "HARNESS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
+    )
+
+
+def assert_one_line_error(proc_or_err, code=2):
+    rc, err = proc_or_err
+    assert rc == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_import_train_eval_predict(tmp_path):
+    idx_dir, data_dir, workdir = tmp_path / "idx", tmp_path / "tfds", tmp_path / "run"
+    write_tiny_idx(idx_dir)
+    p = run_cli("data", "import", str(idx_dir), "--dataset", "mnist", "--data-dir", str(data_dir))
+    assert p.returncode == 0 and "imported mnist" in p.stdout, p.stderr
+    overrides = [f"--config.data_dir={data_dir}", "--config.dataset=mnist", "--config.batch_size", "64"]
+    p = run_cli("train", "--config", "smoke", "--workdir", str(workdir), *overrides)
+    assert p.returncode == 0, p.stderr
+    assert "compiling… " in p.stdout and "final test_accuracy" in p.stdout
+    p = run_cli("eval", "--workdir", str(workdir), "--json")
+    result = json.loads(p.stdout)
+    assert p.returncode == 0 and {"test_accuracy", "test_loss", "step"} <= result.keys() and result["step"] == 8
+    p = run_cli("predict", "--workdir", str(workdir), "--index", "0", "5")
+    assert p.returncode == 0 and p.stdout.count("top-3:") == 2 and "predicted" in p.stdout
+
+
+def test_no_data_source_is_one_line_with_both_ways(tmp_path):
+    p = run_cli(
+        "train",
+        "--config",
+        "smoke",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.dataset=mnist",
+        env={"TFDS_DATA_DIR": str(tmp_path / "empty")},
+    )
+    line = assert_one_line_error((p.returncode, p.stderr))
+    assert "harness data import" in line and "no mnist data" in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_batch_not_divisible_by_device_count_subprocess(tmp_path):
+    p = run_cli("train", "--config", "smoke", "--workdir", str(tmp_path), "--config.batch_size=100")
+    assert "divisible by the device count (8)" in assert_one_line_error((p.returncode, p.stderr))
+
+
+@pytest.fixture
+def main_rc(capsys):
+    def call(*argv):
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as e:  # argparse's own exits
+            rc = e.code
+        return rc, capsys.readouterr().err
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--config", "nope.py"], "does not exist"),
+        (["train", "--config", "smoke", "--config.dataset=cifar10"], "allowed: mnist, fashion_mnist"),
+        (["train", "--config", "smoke", "--config.model=vit"], "allowed: mlp, cnn"),
+        (["train", "--config", "smoke", "--config.batch_size=0"], "config.batch_size=0"),
+        (["train", "--config", "smoke", "--config.learning_rate=-0.1"], "config.learning_rate=-0.1"),
+        (["train", "--config", "smoke", "--config.num_epochs=0"], "config.num_epochs=0"),
+        (["train", "--config", "smoke", "--config.parallel=xmap"], "allowed: pmap, jit"),
+        (["train", "--config", "smoke", "--config.dtype=int8"], "allowed: float32, bfloat16"),
+        (["train", "--config", "smoke", "--config.optimizer=rmsprop"], "allowed: sgd, adam, adamw"),
+        (["train", "--config", "smoke", "--config.num_devices=64"], "only 8 cpu device"),
+        (["train", "--config", "smoke", "--config.batch_sise=64"], "unknown config key 'batch_sise'"),
+        (["train", "--config", "smoke", "--lr=3"], "unrecognized argument '--lr=3'"),
+        (["eval", "--workdir", "/nonexistent/run"], "no trained run here"),
+        (["data", "info", "--dataset", "cifar10"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(main_rc, argv, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fragment in assert_one_line_error(main_rc(*argv))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_import_refuses_truncated_file_and_writes_nothing(main_rc, tmp_path):
+    src = tmp_path / "src"
+    write_tiny_idx(src, num_train=20, num_test=5)
+    (src / "t10k-images-idx3-ubyte").write_bytes((src / "t10k-images-idx3-ubyte").read_bytes()[:-100])
+    line = assert_one_line_error(
+        main_rc("data", "import", str(src), "--dataset", "mnist", "--data-dir", str(tmp_path / "d"))
+    )
+    assert "t10k-images-idx3-ubyte" in line and "truncated" in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_import_twice_is_refused(main_rc, tmp_path, tiny_idx_dir, tiny_data_dir):
+    line = assert_one_line_error(
+        main_rc("data", "import", str(tiny_idx_dir), "--dataset", "mnist", "--data-dir", tiny_data_dir)
+    )
+    assert "already prepared" in line
+
+
+def test_data_info(main_rc, capsys, tiny_data_dir):
+    rc = cli.main(["data", "info", "--dataset", "fashion_mnist", "--data-dir", tiny_data_dir])
+    out = capsys.readouterr().out
+    assert rc == 0 and "split train: 512 examples" in out and "Ankle boot" in out and "(28, 28, 1)" in out

@@ -1,0 +1,80 @@
+import pytest
+
+from harness import config as config_lib
+from harness.errors import ConfigError
+
+SHIPPED = sorted(p.stem for p in config_lib.CONFIGS_DIR.glob("*.py"))
+
+
+def test_the_shipped_configs_are_all_there():
+    expected = {"default", "mnist_mlp", "mnist_cnn", "fashion_mnist_mlp", "fashion_mnist_cnn", "smoke"}
+    assert expected <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads_and_validates(name):
+    c = config_lib.load(name)
+    config_lib.validate(c, 8 if c.batch_size % 8 == 0 else 1)
+    assert config_lib.load(str(config_lib.CONFIGS_DIR / f"{name}.py")).to_dict() == c.to_dict()
+
+
+def test_overrides_are_typed_like_the_default():
+    c = config_lib.load("smoke", ["num_epochs=3", "learning_rate=0.5", "model=mlp", "mlp_hidden=64,32"])
+    assert (c.num_epochs, c.learning_rate, c.model, tuple(c.mlp_hidden)) == (3, 0.5, "mlp", (64, 32))
+    assert isinstance(c.learning_rate, float)
+
+
+def test_locked_config_refuses_misspelled_key():
+    with pytest.raises(ConfigError, match="unknown config key 'num_epoch'"):
+        config_lib.load("smoke", ["num_epoch=3"])
+    with pytest.raises(AttributeError):
+        config_lib.load("smoke").num_epoch = 3
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("dataset=cifar10", "config.dataset='cifar10': allowed: mnist, fashion_mnist"),
+        ("model=resnet", "config.model='resnet': allowed: mlp, cnn"),
+        ("batch_size=0", "config.batch_size=0"),
+        ("batch_size=-8", "config.batch_size=-8"),
+        ("batch_size=100", "divisible by the device count \\(8\\)"),
+        ("learning_rate=0", "config.learning_rate=0.0"),
+        ("learning_rate=-1", "config.learning_rate=-1.0"),
+        ("learning_rate=inf", "config.learning_rate=inf"),
+        ("learning_rate=nan", "config.learning_rate=nan"),
+        ("num_epochs=0", "config.num_epochs=0"),
+        ("parallel=pjit", "allowed: pmap, jit"),
+        ("dtype=float16", "allowed: float32, bfloat16"),
+        ("optimizer=lamb", "allowed: sgd, adam, adamw"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(override, match):
+    c = config_lib.load("smoke", [override])
+    with pytest.raises(ConfigError, match=match) as e:
+        config_lib.validate(c, 8)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [("num_epochs=two", "expected a int"), ("learning_rate=fast", "expected a float"), ("nonsense", "KEY=VALUE")],
+)
+def test_unparsable_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        config_lib.load("smoke", [override])
+
+
+def test_missing_config_file_lists_shipped_configs():
+    with pytest.raises(ConfigError, match=r"does not exist; shipped configs: .*smoke"):
+        config_lib.load("configs/nope.py")
+
+
+def test_broken_config_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    return 1 / 0\n")
+    with pytest.raises(ConfigError, match="ZeroDivisionError"):
+        config_lib.load(str(bad))
+    (tmp_path / "none.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="AttributeError"):
+        config_lib.load(str(tmp_path / "none.py"))

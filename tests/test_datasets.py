@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from conftest import write_tiny_idx
+
+from harness.data import datasets
+from harness.errors import DataError
+
+
+def _sorted_pairs(images, labels):
+    keys = [img.tobytes() + bytes([lab]) for img, lab in zip(images, labels, strict=True)]
+    return sorted(keys)
+
+
+def test_import_then_load_gives_the_files_content(tiny_idx_dir, tiny_data_dir):
+    from harness.data import idx
+
+    b = datasets.builder("fashion_mnist", tiny_data_dir)
+    assert b.is_prepared() and b.version == "3.1.0"
+    for split in ("train", "test"):
+        loaded = datasets.load_split(b, split)
+        images, labels = idx.load_split(tiny_idx_dir, split)
+        assert loaded.images.dtype == np.uint8 and loaded.images.shape == images.shape
+        assert _sorted_pairs(loaded.images, loaded.labels) == _sorted_pairs(images, labels)
+
+
+def test_prepare_does_not_import_tensorflow(tiny_data_dir):
+    import sys
+
+    datasets.load_split(datasets.builder("mnist", tiny_data_dir), "test")
+    assert "tensorflow" not in sys.modules
+
+
+def test_builders_keep_stock_names_urls_and_class_names():
+    from tensorflow_datasets.image_classification import mnist as stock
+
+    assert datasets.Mnist.URL == stock.MNIST.URL and datasets.FashionMnist.URL == stock.FashionMNIST.URL
+    assert datasets.class_names("fashion_mnist")[0] == "T-shirt/top"
+    assert datasets.class_names("mnist") == [str(i) for i in range(10)]
+    urls = datasets.FashionMnist.url_infos
+    assert urls and all(u.startswith(stock.FashionMNIST.URL) for u in urls)
+
+
+def test_ensure_prepared_reuses_prepared_data(tiny_data_dir):
+    b, source = datasets.ensure_prepared("mnist", tiny_data_dir)
+    assert b.is_prepared() and source.startswith("prepared tfds data in")
+
+
+def test_no_source_is_one_line_naming_both_ways(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "DEBIAN_DIRS", {})
+    monkeypatch.setattr(datasets, "_online", lambda url, timeout=3.0: False)
+    with pytest.raises(DataError) as e:
+        datasets.ensure_prepared("fashion_mnist", str(tmp_path))
+    message = str(e.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "harness data import" in message
+    assert "\n" not in message
+    assert not any(tmp_path.iterdir()) or not (tmp_path / "fashion_mnist" / "3.1.0").exists()
+
+
+def test_debian_dir_is_found_and_prepared(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    write_tiny_idx(debian, num_train=40, num_test=10)
+    monkeypatch.setattr(datasets, "DEBIAN_DIRS", {"fashion_mnist": debian})
+    b, source = datasets.ensure_prepared("fashion_mnist", str(tmp_path / "tfds"))
+    assert "dataset-fashion-mnist" in source and len(datasets.load_split(b, "train")) == 40
+
+
+def test_import_refuses_bad_files_and_writes_nothing(tmp_path):
+    src = tmp_path / "src"
+    write_tiny_idx(src, num_train=20, num_test=5)
+    (src / "t10k-labels-idx1-ubyte").write_bytes((src / "t10k-labels-idx1-ubyte").read_bytes()[:-1])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: .*truncated"):
+        datasets.prepare_from_dir("mnist", src, str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_unknown_dataset_lists_allowed():
+    with pytest.raises(DataError, match="allowed: fashion_mnist, mnist"):
+        datasets.builder("cifar10")
+
+
+def test_mock_data_reads_through_data_source(mock_tfds):
+    with mock_tfds(num_examples=24):
+        split = datasets.load_split(datasets.builder("fashion_mnist"), "train")
+    assert split.images.shape == (24, 28, 28, 1) and split.images.dtype == np.uint8
+    assert split.labels.min() >= 0 and split.labels.max() < 10

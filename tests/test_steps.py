@@ -1,0 +1,64 @@
+import jax
+import numpy as np
+import pytest
+from conftest import make_images
+
+from harness import config as config_lib
+from harness import models, steps
+
+
+def _setup(model="mlp_tiny", optimizer="adam", lr=3e-3, **kw):
+    c = config_lib.base_config()
+    c.update(model=model, optimizer=optimizer, learning_rate=lr, **kw)
+    tx = steps.make_optimizer(c, 10)
+    graphdef, state = steps.init_state(models.create(c), tx)
+    return graphdef, tx, state
+
+
+def _data(n=256, seed=0):
+    labels = np.random.default_rng(seed).integers(0, 10, n).astype(np.int32)
+    return {"image": make_images(labels, seed), "label": labels}
+
+
+def test_loss_decreases_on_mock_data():
+    graphdef, tx, state = _setup()
+    step = jax.jit(lambda s, d, i: steps.train_step(graphdef, tx, s, d, i))
+    data, losses = _data(), []
+    for _ in range(5):
+        for s in range(4):
+            state, sums = step(state, data, np.arange(s * 64, (s + 1) * 64, dtype=np.int32))
+            losses.append(float(sums["loss"] / sums["count"]))
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
+    assert int(state.step) == 20
+
+
+def test_padding_has_no_effect_on_the_update():
+    graphdef, tx, state = _setup(optimizer="sgd", lr=0.1)
+    data = _data(16)
+    step = jax.jit(lambda s, i: steps.train_step(graphdef, tx, s, data, i))
+    full, m_full = step(state, np.arange(8, dtype=np.int32))
+    padded, m_pad = step(state, np.array([*range(8), -1, -1, -1, -1], np.int32))
+    assert float(m_full["count"]) == float(m_pad["count"]) == 8
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(padded.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_eval_step_sums_and_accuracy():
+    graphdef, _, state = _setup()
+    data = _data(10)
+    sums = jax.jit(lambda p, i: steps.eval_step(graphdef, p, data, i))(state.params, np.arange(-2, 10, dtype=np.int32))
+    assert float(sums["count"]) == 10 and 0 <= float(sums["correct"]) <= 10
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_step_and_warmup_starts_at_zero(optimizer):
+    data = _data(64)
+    indices = np.arange(64, dtype=np.int32)
+    for schedule, moves in (("constant", True), ("warmup_cosine", False)):  # warmup: the first lr is 0
+        graphdef, tx, state = _setup(optimizer=optimizer, schedule=schedule, warmup_epochs=1.0)
+        new, _ = jax.jit(lambda s, g=graphdef, t=tx: steps.train_step(g, t, s, data, indices))(state)
+        delta = max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True)
+        )
+        assert (delta > 0) == moves, (schedule, delta)

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+
+from harness import train
+from harness.data import datasets
+from harness.errors import TrainingError
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("parallel", "model"), [("pmap", "mlp_tiny"), ("jit", "cnn_tiny")])
+def test_end_to_end_on_imported_idx_data(tiny_config, tmp_path, parallel, model):
+    tiny_config.update(parallel=parallel, model=model, num_epochs=3)
+    lines = []
+    summary = train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)
+    assert summary["test_accuracy"] > 0.5  # synthetic classes are easy; chance is 0.1
+    assert summary["test_examples"] == 100  # the whole test split, last batch padded (100 = 64 + 36)
+    assert summary["compilations"] == {"train": 1, "eval": 1}
+    assert any(line.startswith("compiling… ") for line in lines)
+    rows = _rows(tmp_path)
+    evals = [r for r in rows if "test_accuracy" in r]
+    trains = [r for r in rows if "test_accuracy" not in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    assert all({"step", "epoch", "test_loss", "test_accuracy"} <= r.keys() for r in evals)
+    assert trains and all({"step", "train_loss", "examples_per_sec"} <= r.keys() for r in trains)
+    assert [r["step"] for r in trains] == list(range(4, 25, 4))  # log_every_steps=4; 8 steps an epoch × 3
+    assert evals[-1]["test_loss"] < evals[0]["test_loss"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == model
+
+
+def test_end_to_end_with_tfds_mock_data(tiny_config, tmp_path, monkeypatch, mock_tfds):
+    monkeypatch.setattr(datasets, "ensure_prepared", lambda name, data_dir: (datasets.builder(name), "mock"))
+    tiny_config.update(num_epochs=1, dataset="mnist")
+    with mock_tfds(num_examples=192):
+        summary = train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
+    assert summary["step"] == 3 and summary["test_examples"] == 192
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_config, tmp_path):
+    tiny_config.update(optimizer="sgd", learning_rate=1e30, momentum=0.0)
+    with pytest.raises(TrainingError, match=r"non-finite training loss .* at step \d+, epoch 1"):
+        train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
+
+
+def test_evaluate_matches_training_summary(tiny_config, tmp_path):
+    from harness.evaluate import evaluate_workdir, predict
+
+    summary = train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
+    result = evaluate_workdir(tmp_path)
+    assert result["step"] == summary["step"] and result["test_examples"] == 100
+    np.testing.assert_allclose(result["test_accuracy"], summary["test_accuracy"])
+    np.testing.assert_allclose(result["test_loss"], summary["test_loss"], rtol=1e-5)
+    rows = predict(tmp_path, [0, 99])
+    assert [r["index"] for r in rows] == [0, 99]
+    for r in rows:
+        probs = [p for _, p in r["top3"]]
+        assert probs == sorted(probs, reverse=True) and r["predicted"] == r["top3"][0][0]
+        assert r["true"] in datasets.class_names("fashion_mnist")
