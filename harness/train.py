@@ -65,12 +65,15 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
 def evaluate(par: parallel.Parallel, params: Any, data: dict, num_examples: int, batch_size: int) -> dict:
     """Loss and accuracy over a whole placed split (the last batch padded and masked)."""
     total = collections.Counter()
-    sums = [
-        par.eval_step(params, data, par.shard_indices(batches.eval_indices(s, batch_size, num_examples)))
-        for s in range(batches.steps_per_epoch(num_examples, batch_size))
-    ]
-    for s in sums:
-        total.update(par.metrics_to_host(s))
+    pending: collections.deque = collections.deque()
+    for s in range(batches.steps_per_epoch(num_examples, batch_size)):
+        pending.append(
+            par.eval_step(params, data, par.shard_indices(batches.eval_indices(s, batch_size, num_examples)))
+        )
+        if len(pending) > MAX_IN_FLIGHT:  # never queue unboundedly many collective steps
+            total.update(par.metrics_to_host(pending.popleft()))
+    for sums in pending:
+        total.update(par.metrics_to_host(sums))
     count = total["count"]
     return {"test_loss": total["loss"] / count, "test_accuracy": total["correct"] / count, "test_examples": int(count)}
 
