@@ -83,3 +83,63 @@ def test_mock_data_reads_through_data_source(mock_tfds):
         split = datasets.load_split(datasets.builder("fashion_mnist"), "train")
     assert split.images.shape == (24, 28, 28, 1) and split.images.dtype == np.uint8
     assert split.labels.min() >= 0 and split.labels.max() < 10
+
+
+@pytest.fixture
+def local_site(tmp_path, monkeypatch):
+    """A download site on 127.0.0.1 serving the four .gz files, registered as the `mnist` builder's source."""
+    import functools
+    import gzip
+    import hashlib
+    import http.server
+    import threading
+
+    from harness.data import idx
+
+    served = tmp_path / "site"
+    write_tiny_idx(served, num_train=30, num_test=10)
+    for stem in idx.STANDARD_FILES.values():  # the site serves gzipped files only
+        if (served / stem).exists():
+            (served / f"{stem}.gz").write_bytes(gzip.compress((served / stem).read_bytes()))
+            (served / stem).unlink()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    checksums = tmp_path / "checksums.tsv"
+    checksums.write_text(
+        "".join(
+            f"{url}{p.name}\t{p.stat().st_size}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\t{p.name}\n"
+            for p in sorted(served.iterdir())
+        )
+    )
+
+    class LocalMnist(datasets.Mnist, skip_registration=True):
+        name = "mnist"
+        URL = url
+        _checksums_path = checksums
+
+    monkeypatch.setitem(datasets.BUILDERS, "mnist", LocalMnist)
+    monkeypatch.setattr(datasets, "DEBIAN_DIRS", {})
+    monkeypatch.delenv("HARNESS_OFFLINE", raising=False)
+    yield served
+    server.shutdown()
+
+
+def test_online_source_downloads_checks_and_prepares_without_tensorflow(local_site, tmp_path):
+    import sys
+
+    b, source = datasets.ensure_prepared("mnist", str(tmp_path / "tfds"))
+    assert source.startswith("downloaded by tfds")
+    assert len(datasets.load_split(b, "train")) == 30 and len(datasets.load_split(b, "test")) == 10
+    assert "tensorflow" not in sys.modules
+
+
+def test_download_with_wrong_checksum_is_one_line(local_site, tmp_path):
+    target = local_site / "train-labels-idx1-ubyte.gz"
+    blob = bytearray(target.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # same size, different content
+    target.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="download of mnist failed") as e:
+        datasets.ensure_prepared("mnist", str(tmp_path / "tfds"))
+    assert "\n" not in str(e.value)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from harness.data import idx
@@ -176,7 +177,11 @@ def ensure_prepared(name: str, data_dir: str | None = None) -> tuple[tfds.core.D
         return b, f"Debian's {DEBIAN_PACKAGES[name]} files in {debian}, prepared into {b.data_dir}"
     if not _online(b.URL):
         raise DataError(no_data_message(name))
-    b.download_and_prepare()
+    try:
+        b.download_and_prepare()
+    except (OSError, ValueError, tfds.download.DownloadError, NonMatchingChecksumError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise DataError(f"download of {name} failed ({type(e).__name__}: {reason}); {no_data_message(name)}") from None
     return b, f"downloaded by tfds, prepared into {b.data_dir}"
 
 
