@@ -132,6 +132,9 @@ def _quiet_libraries() -> None:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # its shuffle bars name temp files; harness prints what it prepares instead
 
 
 def main(argv: Sequence[str] | None = None) -> int:

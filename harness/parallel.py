@@ -12,6 +12,7 @@ this: see the gradient-scale pitfall in DESIGN.md).
 from __future__ import annotations
 
 import collections
+import time
 from functools import partial
 from typing import Any
 
@@ -104,6 +105,14 @@ class Parallel:
         if self.kind == "jit":
             return jax.device_put(indices, self._sharding(P(AXIS)))
         return jax.device_put(indices.reshape(self.num_devices, -1), self._sharding(P(AXIS)))
+
+    def compile(self, state: Any, train_data: Any, eval_data: Any, indices: jax.Array) -> float:
+        """Compiles both steps ahead of time for these shapes; returns the seconds it took. Later calls with other
+        shapes fail loudly instead of silently recompiling."""
+        start = time.perf_counter()
+        self._train = self._train.lower(state, train_data, indices).compile()
+        self._eval = self._eval.lower(state.params, eval_data, indices).compile()
+        return time.perf_counter() - start
 
     def train_step(self, state: Any, data: Any, indices: jax.Array) -> tuple[Any, Any]:
         """Runs one step; ``state`` is donated. Returns the new state and the device-resident metric sums."""

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 
 from harness import config as config_lib
@@ -39,7 +38,7 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = print) -> Run:
-    """Validates the config, prepares and places the data, builds the model, state and compiled steps."""
+    """Validates the config, prepares and places the data, builds the model, the state and the step wrappers."""
     devices = parallel.select_devices(config.num_devices)
     config_lib.validate(config, len(devices))
     builder, source = datasets.ensure_prepared(config.dataset, config.data_dir or None)
@@ -145,7 +144,6 @@ class _Loop:
     def __init__(self, run: Run, hooks, ckpt: Checkpoints, print_fn, clock):
         self.run, self.hooks, self.ckpt, self.print, self.clock = run, hooks, ckpt, print_fn, clock
         self.window = _Window(clock)
-        self.compiled = False
 
     def emit(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -162,15 +160,6 @@ class _Loop:
             self.emit("on_row", self.window.row(step, epoch + (step - epoch * spe) / spe))
             self.window.reset()
 
-    def _first_step(self, state: Any, indices: jax.Array) -> tuple[Any, Any]:
-        par, t0 = self.run.par, self.clock()
-        state, sums = par.train_step(state, self.run.train, indices)
-        jax.block_until_ready(sums)
-        self.print(f"compiling… {self.clock() - t0:.1f} s (first step, {par.kind} on {par.num_devices} device(s))")
-        self.compiled = True
-        self.window.reset()
-        return state, sums
-
     def epoch(self, state: Any, epoch: int) -> tuple[Any, dict]:
         """Trains one epoch; returns the state and the epoch's row (train metrics, throughput)."""
         run, par = self.run, self.run.par
@@ -180,11 +169,7 @@ class _Loop:
         step = epoch * run.steps_per_epoch
         for s in range(run.steps_per_epoch):
             indices = par.shard_indices(batches.batch_indices(cfg.seed, epoch, s, cfg.batch_size, run.num_train))
-            if self.compiled:
-                state, device_sums = par.train_step(state, run.train, indices)
-            else:
-                state, device_sums = self._first_step(state, indices)
-                start = self.clock()
+            state, device_sums = par.train_step(state, run.train, indices)
             step += 1
             pending.append((step, device_sums))
             while len(pending) > MAX_IN_FLIGHT:
@@ -215,6 +200,12 @@ class _Loop:
         run, cfg = self.run, self.run.config
         self.emit("on_train_start", {"config": cfg, "devices": run.par.num_devices})
         start, state, train_seconds = self.clock(), run.state, 0.0
+        indices = run.par.shard_indices(batches.eval_indices(0, cfg.batch_size, run.num_test))
+        seconds = run.par.compile(state, run.train, run.test, indices)
+        self.print(
+            f"compiling… {seconds:.1f} s (train and eval steps, {run.par.kind} on {run.par.num_devices} device(s))"
+        )
+        self.window.reset()
         for epoch in range(cfg.num_epochs):
             state, row = self.epoch(state, epoch)
             train_seconds += row["epoch_seconds"]

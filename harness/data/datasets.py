@@ -51,6 +51,13 @@ class _IdxBuilderMixin:
         """The stock builder's registered checksums (same URLs, same files)."""
         return tfds_utils.tfds_path() / "url_checksums" / f"{cls.name}.txt"
 
+    def _log_download_bytes(self) -> None:
+        source = f"the IDX files in {self.idx_dir}" if self.idx_dir else f"a download from {self.URL}"
+        print(f"preparing {self.name} {self.version} from {source} into {self.data_dir} (once)", flush=True)
+
+    def _log_download_done(self) -> None:
+        print(f"prepared {self.name} in {self.data_dir}", flush=True)
+
     def _info(self) -> tfds.core.DatasetInfo:
         stock = super()._info()
         return tfds.core.DatasetInfo(
