@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--index", type=int, nargs="+", required=True, metavar="I")
     pr.add_argument("--json", action="store_true", help="print JSON")
 
+    c = sub.add_parser("checkpoints", help="list a workdir's checkpoints, or --inspect one")
+    c.add_argument("workdir")
+    c.add_argument("--inspect", type=int, metavar="STEP", help="show the saved config, data position, digest check")
+
     d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
     )
@@ -104,6 +108,38 @@ def _predict(args) -> int:
     return 0
 
 
+def _checkpoints(args) -> int:
+    from harness.checkpoint import Checkpoints
+
+    ckpt = Checkpoints(Path(args.workdir), create=False)
+    try:
+        if args.inspect is None:
+            rows = ckpt.listing()
+            if not rows:
+                print(f"{ckpt.directory}: no checkpoints")
+            for r in rows:
+                fp = r.get("fingerprint") or {}
+                acc = f"test_accuracy {r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else "mid-epoch"
+                where = f"epoch {r['epoch'] + 1} step {r['step_in_epoch']}" if r.get("epoch") is not None else ""
+                status = "ok" if r["problem"] is None else f"NOT RESTORABLE: {r['problem']}"
+                device = f"{fp.get('platform', '?')}×{fp.get('device_count', '?')}"
+                print(f"step {r['step']:>7}  {where:<20} {acc:<22} {r.get('saved_at', '?'):<26} {device:<7} {status}")
+            return 0
+        step = args.inspect
+        if step not in {r["step"] for r in ckpt.listing()}:
+            raise HarnessError(f"--inspect {step}: no such checkpoint in {ckpt.directory}")
+        problem = ckpt.verify(step)
+        meta = ckpt.read_meta(step)
+        print(f"step {step}: digest check {'ok' if problem is None else 'FAILED: ' + problem}")
+        print(f"data position: epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']} of {meta['steps_per_epoch']}")
+        print(f"fingerprint: {json.dumps(meta['fingerprint'], sort_keys=True)}")
+        print(f"metric rows saved: {len(meta['history'])}")
+        print("config: " + json.dumps(meta["config"], indent=2, sort_keys=True))
+        return 0
+    finally:
+        ckpt.close()
+
+
 def _data(args) -> int:
     import numpy as np
 
@@ -146,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
         if args.command == "train":
             return _train(args, extra)
-        return {"eval": _eval, "predict": _predict, "data": _data}[args.command](args)
+        commands = {"eval": _eval, "predict": _predict, "data": _data, "checkpoints": _checkpoints}
+        return commands[args.command](args)
     except TrainingError as e:
         print(f"harness: {e}", file=sys.stderr)
         return 1

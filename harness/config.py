@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_devices = 0  # 0 = every local device
     c.log_every_steps = 100
     c.eval_every_epochs = 1
+    c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
+    c.keep_checkpoints = 2  # the latest N good checkpoints …
+    c.keep_best = 1  # … plus the best N by test accuracy
+    c.init_from = ""  # a workdir whose latest parameters start a new run (fine-tuning)
     return c
 
 
@@ -151,6 +155,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")
     if not 0 <= config.warmup_epochs < config.num_epochs:
         raise ConfigError(f"config.warmup_epochs={config.warmup_epochs}: must be in [0, num_epochs)")
+    for key in ("checkpoint_every_steps", "keep_best"):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 0:
+            raise ConfigError(f"config.{key}={config[key]!r}: must be an integer >= 0")
+    _positive(config, "keep_checkpoints")
     for key in ("momentum", "weight_decay"):
         if not (math.isfinite(config[key]) and config[key] >= 0):
             raise ConfigError(f"config.{key}={config[key]}: must be a finite number >= 0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -13,7 +14,7 @@ from harness import models, parallel, steps
 from harness.checkpoint import Checkpoints
 from harness.data import datasets
 from harness.errors import DataError, WorkdirError
-from harness.train import evaluate
+from harness.loop import evaluate
 
 
 def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, object, object, dict]:
@@ -28,11 +29,14 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, object
         raise WorkdirError(f"{config_file}: not valid JSON ({e})") from None
     tx = steps.make_optimizer(config, 1)
     graphdef, state = steps.init_state(models.create(config), tx)
-    ckpt = Checkpoints(workdir, create=False)
+    ckpt = Checkpoints(workdir, create=False, warn=lambda line: print(line, file=sys.stderr))
     try:
-        state, meta = ckpt.restore(jax.device_get(state))
+        found = ckpt.restore_latest(jax.device_get(state))
     finally:
         ckpt.close()
+    if found is None:
+        raise WorkdirError(f"{workdir}: no checkpoint restores (see `harness checkpoints {workdir}`)")
+    _, state, meta = found
     return config, graphdef, state.params, meta
 
 
@@ -44,7 +48,7 @@ def evaluate_workdir(workdir: str | Path) -> dict:
     par = parallel.Parallel("jit", parallel.select_devices(1), graphdef, None)
     data = par.replicate({"image": test.images, "label": test.labels})
     result = evaluate(par, par.replicate(params), data, len(test), config.batch_size)
-    return {**result, "step": meta["step"], "epoch": meta["epoch"], "dataset": config.dataset}
+    return {**result, "step": meta["step"], "epoch": meta["step"] / meta["steps_per_epoch"], "dataset": config.dataset}
 
 
 def predict(workdir: str | Path, indices: list[int]) -> list[dict]:

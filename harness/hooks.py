@@ -20,7 +20,7 @@ class Hook:
 
     def on_train_start(self, run: dict) -> None: ...
 
-    def on_epoch_start(self, epoch: int, num_examples: int) -> None: ...
+    def on_epoch_start(self, epoch: int, num_examples: int, done: int) -> None: ...
 
     def on_steps_done(self, examples: int, train_loss: float) -> None: ...
 
@@ -84,9 +84,10 @@ class ProgressBar(Hook):
         self.disable = disable
         self._bar = None
 
-    def on_epoch_start(self, epoch: int, num_examples: int) -> None:
+    def on_epoch_start(self, epoch: int, num_examples: int, done: int) -> None:
         self._bar = tqdm(
             total=num_examples,
+            initial=done,
             desc=f"epoch {epoch + 1}/{self.num_epochs}",
             unit="ex",
             unit_scale=True,
@@ -101,6 +102,10 @@ class ProgressBar(Hook):
 
     def on_epoch_end(self, epoch: int, row: dict) -> None:
         self._bar.close()
+
+    def on_train_end(self, summary: dict) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class Console(Hook):
@@ -120,6 +125,8 @@ class Console(Hook):
         )
 
     def on_train_end(self, summary: dict) -> None:
+        if "stopped" in summary:
+            return
         self.print(
             f"final test_accuracy {summary['test_accuracy']:.4f} (test_loss {summary['test_loss']:.4f}) "
             f"on {summary['test_examples']} test images after {summary['step']} steps, "

@@ -95,3 +95,21 @@ def mock_tfds(monkeypatch):
 
     monkeypatch.setattr(mocking, "_getitems", unbound_getitems)
     return tfds.testing.mock_data
+
+
+def final_checkpoint(workdir):
+    """(host state, metadata) of the latest good checkpoint in ``workdir``, restored like a resume would."""
+    import jax
+
+    from harness import models, steps
+    from harness.checkpoint import Checkpoints
+
+    ckpt = Checkpoints(workdir, create=False)
+    step = ckpt.good_steps()[-1]
+    meta = ckpt.read_meta(step)
+    c = config_lib.base_config()
+    c.update({**meta["config"], "mlp_hidden": tuple(meta["config"]["mlp_hidden"])})
+    _, target = steps.init_state(models.create(c), steps.make_optimizer(c, meta["steps_per_epoch"]))
+    state, meta = ckpt.restore(jax.device_get(target), step)
+    ckpt.close()
+    return state, meta

@@ -123,3 +123,29 @@ def test_data_info(main_rc, capsys, tiny_data_dir):
     rc = cli.main(["data", "info", "--dataset", "fashion_mnist", "--data-dir", tiny_data_dir])
     out = capsys.readouterr().out
     assert rc == 0 and "split train: 512 examples" in out and "Ankle boot" in out and "(28, 28, 1)" in out
+
+
+def test_checkpoints_listing_and_inspect(main_rc, capsys, tiny_config, tmp_path):
+    from harness import train
+
+    tiny_config.update(checkpoint_every_steps=3)
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
+    assert cli.main(["checkpoints", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("step      16  epoch 3 step 0") and listing[0].endswith("ok")
+    assert all("cpu×8" in line for line in listing)
+    assert cli.main(["checkpoints", str(tmp_path), "--inspect", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "digest check ok" in out and "data position: epoch 3, step 0 of 8" in out and '"model": "mlp_tiny"' in out
+    assert "no such checkpoint" in assert_one_line_error(main_rc("checkpoints", str(tmp_path), "--inspect", "5"))
+
+
+def test_foreign_workdir_and_changed_config_are_one_line(main_rc, tmp_path, tiny_data_dir):
+    (tmp_path / "paper.txt").write_text("keep me")
+    base = ["train", "--config", "smoke", f"--config.data_dir={tiny_data_dir}", "--config.batch_size=64"]
+    assert "not a harness workdir" in assert_one_line_error(main_rc(*base, "--workdir", str(tmp_path)))
+    assert [p.name for p in tmp_path.iterdir()] == ["paper.txt"]
+    run = tmp_path / "run"
+    assert main_rc(*base, "--workdir", str(run))[0] == 0
+    line = assert_one_line_error(main_rc(*base, "--workdir", str(run), "--config.seed=1"))
+    assert "seed (0 → 1)" in line

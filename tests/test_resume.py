@@ -1,0 +1,141 @@
+"""Resuming: bit-exact after a stop mid-epoch, other device counts, refusals, NaN, fine-tuning."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from conftest import final_checkpoint
+
+from harness import hooks as hooks_lib
+from harness import loop, train
+from harness.checkpoint import Checkpoints
+from harness.errors import TrainingError, WorkdirError
+from harness.loop import TIMING_KEYS
+
+
+class SignalAt(hooks_lib.Hook):
+    """Sends ``sig`` to this process once ``at`` examples have completed (like a preemption notice)."""
+
+    def __init__(self, at_examples: int, sig=signal.SIGTERM):
+        self.at, self.sig, self.seen = at_examples, sig, 0
+
+    def on_steps_done(self, examples, train_loss):
+        self.seen += examples
+        if self.seen >= self.at and self.at:
+            self.at = 0
+            os.kill(os.getpid(), self.sig)
+
+
+def _history(meta):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in meta["history"]]
+
+
+def _assert_bitwise_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _quiet(*_):
+    return None
+
+
+@pytest.fixture
+def straight(tiny_config, tmp_path_factory):
+    """The reference: the tiny config trained without interruption (3 epochs of 8 steps)."""
+    tiny_config.update(num_epochs=3, checkpoint_every_steps=3, log_every_steps=2)
+    workdir = tmp_path_factory.mktemp("straight")
+    train.train_and_evaluate(tiny_config, workdir, print_fn=_quiet)
+    return workdir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_mid_epoch_then_resume_is_bitwise_identical(tiny_config, tmp_path, straight, sig):
+    tiny_config.update(num_epochs=3, checkpoint_every_steps=3, log_every_steps=2)
+    hooks = [*train.default_hooks(tiny_config, tmp_path, _quiet), SignalAt(11 * 64, sig)]  # mid epoch 2
+    lines = []
+    summary = train.train_and_evaluate(tiny_config, tmp_path, hooks=hooks, print_fn=lines.append)
+    assert summary["stopped"] == sig.name and 11 <= summary["step"] < 16
+    assert any(line.startswith(f"stopped by {sig.name}") and "Resume with" in line for line in lines)
+    lines.clear()
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)
+    assert any(line.startswith(f"resumed from step {summary['step']} (epoch 2 of 3") for line in lines)
+    (a, meta_a), (b, meta_b) = final_checkpoint(straight), final_checkpoint(tmp_path)
+    assert int(a.step) == int(b.step) == 24
+    _assert_bitwise_equal(a, b)  # parameters and optimizer state
+    assert _history(meta_a) == _history(meta_b)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in meta_b["history"]]  # no duplicates, none missing
+
+
+def test_negative_control_without_the_data_position_diverges(tiny_config, tmp_path, straight, monkeypatch):
+    tiny_config.update(num_epochs=3, checkpoint_every_steps=3, log_every_steps=2)
+    hooks = [*train.default_hooks(tiny_config, tmp_path, _quiet), SignalAt(11 * 64)]
+    stopped = train.train_and_evaluate(tiny_config, tmp_path, hooks=hooks, print_fn=_quiet)["step"]
+    original = loop.batches.batch_indices
+
+    def order_restarts_on_resume(seed, epoch, step, bs, n):  # forgets where in the epoch the run stood
+        return original(seed, epoch, step - stopped % 8 if epoch == stopped // 8 else step, bs, n)
+
+    monkeypatch.setattr(loop.batches, "batch_indices", order_restarts_on_resume)
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    (a, _), (b, _) = final_checkpoint(straight), final_checkpoint(tmp_path)
+    assert any(
+        not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True)
+    )
+
+
+@pytest.mark.parametrize(("before", "after"), [(8, 1), (1, 2)])
+def test_resume_on_another_device_count_stays_on_the_trajectory(tiny_config, tmp_path, straight, before, after):
+    tiny_config.update(num_epochs=3, checkpoint_every_steps=3, log_every_steps=2, num_devices=before)
+    hooks = [*train.default_hooks(tiny_config, tmp_path, _quiet), SignalAt(13 * 64)]
+    train.train_and_evaluate(tiny_config, tmp_path, hooks=hooks, print_fn=_quiet)
+    tiny_config.num_devices = after
+    lines = []
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)
+    assert any(line.startswith("resumed from step ") and f"saved on cpu×{before}" in line for line in lines)
+    (a, _), (b, _) = final_checkpoint(straight), final_checkpoint(tmp_path)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_trajectory_change_is_refused_with_the_keys(tiny_config, tmp_path):
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    tiny_config.update(learning_rate=0.1, seed=3)
+    with pytest.raises(WorkdirError, match=r"learning_rate \(0\.003 → 0\.1\), seed \(0 → 3\)") as e:
+        train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    assert "--config.init_from=" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_harmless_changes_resume_and_more_epochs_continue(tiny_config, tmp_path):
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    lines = []
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)
+    assert any(line.startswith("already trained: step 16") for line in lines)
+    tiny_config.update(num_epochs=3, log_every_steps=1, eval_every_epochs=1)
+    summary = train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    assert summary["step"] == 24
+
+
+def test_nan_stops_naming_the_last_good_checkpoint_and_saves_nothing_bad(tiny_config, tmp_path):
+    tiny_config.update(num_epochs=2, checkpoint_every_steps=2, optimizer="sgd", learning_rate=1e30, momentum=0.0)
+    with pytest.raises(TrainingError, match=r"non-finite training loss .* last good checkpoint"):
+        train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    ckpt = Checkpoints(tmp_path, create=False)
+    for step in ckpt.good_steps():
+        assert ckpt.verify(step) is None
+        state, _ = final_checkpoint(tmp_path)
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    ckpt.close()
+
+
+def test_init_from_starts_a_new_run_from_another_runs_parameters(tiny_config, tmp_path):
+    source = tmp_path / "source"
+    train.train_and_evaluate(tiny_config, source, print_fn=_quiet)
+    tiny_config.update(init_from=str(source), learning_rate=1e-3, num_epochs=1)
+    lines = []
+    summary = train.train_and_evaluate(tiny_config, tmp_path / "tuned", print_fn=lines.append)
+    assert any(line.startswith(f"initialised the parameters from {source} (step 16)") for line in lines)
+    assert summary["step"] == 8
