@@ -82,6 +82,12 @@ def _file_digests(step_dir: Path) -> dict[str, str]:
     return digests
 
 
+def _leaf_specs(tree: Any) -> list[str]:
+    """``dtype[shape]`` of every leaf: stored with a checkpoint, because Orbax silently casts dtypes and can
+    return the stored shape for a target of another shape."""
+    return [f"{np.asarray(x).dtype}{list(np.shape(x))}" for x in jax.tree.leaves(tree)]
+
+
 def _all_finite(tree: Any) -> bool:
     return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
@@ -164,6 +170,7 @@ class Checkpoints:
         if not _all_finite(state):
             last = f"step {self.last_saved}" if self.last_saved is not None else "none"
             raise TrainingError(f"parameters are not finite at step {step}: not saved; last good checkpoint: {last}")
+        meta = {**meta, "leaves": _leaf_specs(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             self.manager.save(step, args=args, force=True)  # force: Orbax skips steps below its latest
@@ -241,6 +248,14 @@ class Checkpoints:
         problem = self.verify(step)
         if problem:
             raise WorkdirError(f"checkpoint step {step}: {problem}")
+        stored, wanted = self.read_meta(step).get("leaves"), _leaf_specs(target)
+        if stored != wanted:
+            if stored is None or len(stored) != len(wanted):
+                raise WorkdirError(f"checkpoint step {step} holds another structure: it belongs to another model")
+            got, want = next((g, w) for g, w in zip(stored, wanted, strict=True) if g != w)
+            raise WorkdirError(
+                f"checkpoint step {step} holds {got} where this model needs {want}: it belongs to another model"
+            )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         try:
@@ -248,12 +263,8 @@ class Checkpoints:
         except Exception as e:  # Orbax raises many types for unreadable data
             raise WorkdirError(f"checkpoint step {step} does not restore ({type(e).__name__}: {e})") from None
         state = jax.tree.map(np.asarray, restored.state)
-        for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(state), strict=True):
-            if np.shape(want) != got.shape or np.asarray(want).dtype != got.dtype:
-                raise WorkdirError(
-                    f"checkpoint step {step} holds {got.dtype}{list(got.shape)} where this model needs "
-                    f"{np.asarray(want).dtype}{list(np.shape(want))}: it belongs to another model"
-                )
+        if _leaf_specs(state) != wanted:
+            raise WorkdirError(f"checkpoint step {step} restored with other shapes or dtypes than it recorded")
         return state, dict(restored.meta)
 
     def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:

@@ -127,10 +127,21 @@ def test_kill_during_deletion_is_finished_on_next_start(tmp_path):
     assert not (tmp_path / "checkpoint_digests" / "1.json").exists()
 
 
-def test_other_shape_is_refused_not_silently_restored(tmp_path):
+def test_other_shape_or_dtype_is_refused_not_silently_restored(tmp_path):
     ckpt = _saved(tmp_path)
-    with pytest.raises(WorkdirError, match="belongs to another model"):
+    with pytest.raises(WorkdirError, match=r"float32\[4, 3\] where this model needs float32\[5, 3\]"):
         ckpt.restore_latest(_state(n=5))
+    wider = {**_state(), "w": _state()["w"].astype(np.float64)}
+    with pytest.raises(WorkdirError, match="belongs to another model"):
+        ckpt.restore_latest(wider)
+
+
+def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpoints("rel", warn=warnings.append)
+    assert ckpt.save(1, _state(1), {})
+    ckpt.close()
+    assert (tmp_path / "rel" / "checkpoints" / "1").is_dir()
 
 
 def test_disk_full_is_one_line_and_keeps_existing_checkpoints(tmp_path):
