@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("workdir")
     c.add_argument("--inspect", type=int, metavar="STEP", help="show the saved config, data position, digest check")
 
+    x = sub.add_parser("explore", help="pictures of a dataset: samples, pixel matrix, 784-vector, classes, table")
+    x.add_argument("--dataset", required=True, choices=("mnist", "fashion_mnist"))
+    x.add_argument("--split", default="train", choices=("train", "test"))
+    x.add_argument("--class", dest="klass", type=int, default=0, metavar="K", help="class to show many of")
+    x.add_argument("--out", default=None, help="output folder (default: explore/DATASET-SPLIT)")
+    x.add_argument("--data-dir", default=None, help="tfds data dir (default: TFDS_DATA_DIR or tfds' default)")
+
+    r = sub.add_parser("report", help="learning curves, confusion matrix, worst mistakes of a trained workdir")
+    r.add_argument("workdir")
+    r.add_argument("--out", default=None, help="output folder (default: WORKDIR/report)")
+
     d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
     )
@@ -140,6 +151,28 @@ def _checkpoints(args) -> int:
         ckpt.close()
 
 
+def _explore(args) -> int:
+    from harness.data import datasets
+    from harness.explore import explore, summary
+
+    builder, _source = datasets.ensure_prepared(args.dataset, args.data_dir)
+    split = datasets.load_split(builder, args.split)
+    names = datasets.class_names(args.dataset)
+    out = Path(args.out or Path("explore") / f"{args.dataset}-{args.split}")
+    page = explore(split, names, args.dataset, args.split, out, args.klass)
+    print(summary(split, names, args.dataset, args.split))
+    print(f"wrote {len(list(out.glob('*.png')))} pictures and {page.resolve()}")
+    return 0
+
+
+def _report(args) -> int:
+    from harness.report import write_report
+
+    page = write_report(Path(args.workdir), Path(args.out) if args.out else None)
+    print(f"wrote {page.resolve()}")
+    return 0
+
+
 def _data(args) -> int:
     import numpy as np
 
@@ -183,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args, extra)
         commands = {"eval": _eval, "predict": _predict, "data": _data, "checkpoints": _checkpoints}
+        commands |= {"explore": _explore, "report": _report}
         return commands[args.command](args)
     except TrainingError as e:
         print(f"harness: {e}", file=sys.stderr)

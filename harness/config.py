@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # the latest N good checkpoints …
     c.keep_best = 1  # … plus the best N by test accuracy
     c.init_from = ""  # a workdir whose latest parameters start a new run (fine-tuning)
+    c.report = True  # write WORKDIR/report (pictures + index.html) when training ends
     return c
 
 

@@ -51,6 +51,14 @@ def evaluate_workdir(workdir: str | Path) -> dict:
     return {**result, "step": meta["step"], "epoch": meta["step"] / meta["steps_per_epoch"], "dataset": config.dataset}
 
 
+def probabilities(graphdef, params, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Class probabilities for every image, in batches on one device."""
+    fn = jax.jit(steps.predict_probs, static_argnums=0)
+    return np.concatenate(
+        [np.asarray(fn(graphdef, params, images[i : i + batch])) for i in range(0, len(images), batch)]
+    )
+
+
 def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     """For each test-split index: the true label, the predicted class and the top-3 probabilities."""
     config, graphdef, params, _ = load_trained(workdir)
@@ -60,7 +68,7 @@ def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     if bad:
         raise DataError(f"--index {bad[0]}: outside the test split (0..{len(test) - 1})")
     names = datasets.class_names(config.dataset)
-    probs = np.asarray(jax.jit(steps.predict_probs, static_argnums=0)(graphdef, params, test.images[indices]))
+    probs = probabilities(graphdef, params, test.images[indices])
     rows = []
     for i, p in zip(indices, probs, strict=True):
         top = np.argsort(-p)[:3]

@@ -156,6 +156,11 @@ def train_and_evaluate(
         hooks = default_hooks(config, workdir, print_fn) if hooks is None else list(hooks)
         with StopSignals() as stop:
             summary = Loop(run, hooks, ckpt, progress, print_fn, clock, lambda: stop.requested)()
+        if "stopped" not in summary and config.report:
+            ckpt.finalize()
+            from harness.report import write_report
+
+            print_fn(f"report: {write_report(workdir)}")
         if "stopped" in summary:
             print_fn(
                 f"stopped by {summary['stopped']} at step {summary['step']}; checkpoint saved in {ckpt.directory}. "

@@ -78,6 +78,7 @@ def tiny_config(tiny_data_dir):
     c.batch_size = 64
     c.learning_rate = 3e-3
     c.log_every_steps = 4
+    c.report = False
     return c
 
 
