@@ -3,6 +3,8 @@ the class means and balance, and the split as a table of 784 feature columns plu
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -146,7 +148,7 @@ def explore(split: Split, names: list[str], name: str, split_name: str, out: Pat
     }
     text = summary(split, names, name, split_name)
     sections = [
-        ("Summary", "", "<pre>" + text + "</pre>"),
+        ("Summary", "", "<pre>" + html.escape(text) + "</pre>"),
         ("Samples of every class", "Ten examples per class, one class per row.", pngs["samples"]),
         ("One image as a matrix", "Each cell holds a pixel value (0 = white, 255 = black ink).", pngs["pixels"]),
         ("The same image as a vector", "A model like the MLP sees the 28 rows laid end to end.", pngs["vector"]),

@@ -71,6 +71,7 @@ def html_page(title: str, sections: Sequence[tuple[str, str, Path | str]]) -> st
         "img{max-width:100%;border:1px solid #ddd}section{margin-bottom:2.5em}"
         ".scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:12px}"
         "td,th{border:1px solid #ccc;padding:2px 5px;text-align:right;white-space:nowrap}th{background:#f3f3f3}"
+        "pre{white-space:pre-wrap}"
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
