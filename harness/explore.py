@@ -4,7 +4,6 @@ the class means and balance, and the split as a table of 784 feature columns plu
 from __future__ import annotations
 
 import html
-
 from pathlib import Path
 
 import matplotlib.pyplot as plt
