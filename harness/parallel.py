@@ -6,7 +6,11 @@ this: see the gradient-scale pitfall in DESIGN.md).
 - ``pmap`` (default): state and data carry a leading device axis (one copy per device, placed once); each device
   takes its slice of the batch indices; gradients and metric sums are ``psum``-ed over the device axis.
 - ``jit``: state and data are replicated global arrays on a 1-D ``Mesh``; the indices, and so the batch, are
-  sharded along its ``data`` axis; XLA inserts the collectives.
+  sharded along its ``devices`` axis; XLA inserts the collectives.
+
+Three ways to feed a train step: indices into device-resident data (``train_step``, the default), several such
+steps in one dispatch (``train_steps``, indices [steps, batch]), or a batch built on the host and sent with each
+step (``train_batch``, the host-pipeline baseline).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from harness.errors import ConfigError
 
 AXIS = "devices"
 STRATEGIES = ("pmap", "jit")
+# How each argument is laid out under jit: replicated, split along its first axis, or along its second.
+REPL, SPLIT, SPLIT_1 = P(), P(AXIS), P(None, AXIS)
 
 
 def select_devices(num_devices: int = 0) -> list:
@@ -48,27 +54,14 @@ class Parallel:
         self.devices = list(devices)
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self.traces: collections.Counter = collections.Counter()
-        train = partial(steps.train_step, graphdef, tx)
-        evaluate = partial(steps.eval_step, graphdef)
-        if kind == "pmap":
-            psum = partial(jax.lax.psum, axis_name=AXIS)
-            self._train = jax.pmap(
-                self._counted("train", train, psum), axis_name=AXIS, devices=self.devices, donate_argnums=(0,)
-            )
-            self._eval = jax.pmap(self._counted("eval", evaluate, psum), axis_name=AXIS, devices=self.devices)
-        else:
-            repl, split = self._sharding(P()), self._sharding(P(AXIS))
-            self._train = jax.jit(
-                self._counted("train", train, steps.identity),
-                in_shardings=(repl, repl, split),
-                out_shardings=(repl, repl),
-                donate_argnums=(0,),
-            )
-            self._eval = jax.jit(
-                self._counted("eval", evaluate, steps.identity),
-                in_shardings=(repl, repl, split),
-                out_shardings=repl,
-            )
+        self._fns = {
+            "train": self._wrap("train", partial(steps.train_step, graphdef, tx), (REPL, REPL, SPLIT), True),
+            "train_steps": self._wrap(
+                "train_steps", partial(steps.train_steps, graphdef, tx), (REPL, REPL, SPLIT_1), True
+            ),
+            "train_batch": self._wrap("train_batch", partial(steps.update, graphdef, tx), (REPL, SPLIT), True),
+            "eval": self._wrap("eval", partial(steps.eval_step, graphdef), (REPL, REPL, SPLIT), False),
+        }
 
     @property
     def num_devices(self) -> int:
@@ -77,20 +70,30 @@ class Parallel:
     def _sharding(self, spec: P) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
 
-    def _counted(self, name: str, fn, reduce):
+    def _wrap(self, name: str, fn, layout: tuple, donate_state: bool):
+        """``fn(*args, reduce=…)`` compiled for this strategy; ``layout`` gives each argument's jit sharding."""
+        reduce = partial(jax.lax.psum, axis_name=AXIS) if self.kind == "pmap" else steps.identity
+
         def traced(*args):
             self.traces[name] += 1  # runs once per trace, never per call
             return fn(*args, reduce=reduce)
 
-        return traced
+        donate = (0,) if donate_state else ()
+        if self.kind == "pmap":
+            return jax.pmap(traced, axis_name=AXIS, devices=self.devices, donate_argnums=donate)
+        out = (self._sharding(REPL), self._sharding(REPL)) if donate_state else self._sharding(REPL)
+        shardings = tuple(self._sharding(spec) for spec in layout)
+        return jax.jit(traced, in_shardings=shardings, out_shardings=out, donate_argnums=donate)
+
+    # ---- placement -----------------------------------------------------------------------------------------
 
     def replicate(self, tree: Any) -> Any:
         """Places a host/single-device pytree on every device (pmap: a leading device axis)."""
         if self.kind == "jit":
-            return jax.device_put(tree, self._sharding(P()))
+            return jax.device_put(tree, self._sharding(REPL))
         n = self.num_devices
         return jax.tree.map(
-            lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self._sharding(P(AXIS))),
+            lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self._sharding(SPLIT)),
             tree,
         )
 
@@ -100,33 +103,53 @@ class Parallel:
             return jax.device_get(tree)
         return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
-    def shard_indices(self, indices: np.ndarray) -> jax.Array:
-        """Splits a global batch of indices across the devices, in device order."""
+    def _split(self, x: np.ndarray, axis: int) -> jax.Array:
+        """Splits ``x`` along ``axis`` across the devices, in device order."""
         if self.kind == "jit":
-            return jax.device_put(indices, self._sharding(P(AXIS)))
-        return jax.device_put(indices.reshape(self.num_devices, -1), self._sharding(P(AXIS)))
+            return jax.device_put(x, self._sharding(SPLIT if axis == 0 else SPLIT_1))
+        n = self.num_devices
+        parts = np.stack(np.split(np.asarray(x), n, axis=axis))  # [devices, …]
+        return jax.device_put(parts, self._sharding(SPLIT))
+
+    def shard_indices(self, indices: np.ndarray) -> jax.Array:
+        """Splits a global batch of indices ([batch], or [steps, batch]) across the devices."""
+        return self._split(indices, indices.ndim - 1)
+
+    def shard_batch(self, batch: dict) -> dict:
+        """Splits a host batch (arrays with a leading batch axis) across the devices."""
+        return {k: self._split(v, 0) for k, v in batch.items()}
+
+    # ---- steps ---------------------------------------------------------------------------------------------
 
     def compile(self, state: Any, train_data: Any, eval_data: Any, indices: jax.Array) -> float:
-        """Compiles both steps ahead of time for these shapes; returns the seconds it took. Later calls with other
-        shapes fail loudly instead of silently recompiling."""
+        """Compiles the indexed train step and the eval step ahead of time for these shapes; returns the seconds
+        it took. Later calls with other shapes fail loudly instead of silently recompiling."""
         start = time.perf_counter()
-        self._train = self._train.lower(state, train_data, indices).compile()
-        self._eval = self._eval.lower(state.params, eval_data, indices).compile()
+        self._fns["train"] = self._fns["train"].lower(state, train_data, indices).compile()
+        self._fns["eval"] = self._fns["eval"].lower(state.params, eval_data, indices).compile()
         return time.perf_counter() - start
+
+    def lower(self, name: str, *args):
+        """The lowered (not yet compiled) step ``name`` for these arguments (for AOT compiles and cost analysis)."""
+        return self._fns[name].lower(*args)
 
     def train_step(self, state: Any, data: Any, indices: jax.Array) -> tuple[Any, Any]:
         """Runs one step; ``state`` is donated. Returns the new state and the device-resident metric sums."""
-        return self._train(state, data, indices)
+        return self._fns["train"](state, data, indices)
+
+    def train_steps(self, state: Any, data: Any, indices: jax.Array) -> tuple[Any, Any]:
+        """Runs ``indices.shape[0]`` steps in one dispatch (from :meth:`shard_indices` of [steps, batch])."""
+        return self._fns["train_steps"](state, data, indices)
+
+    def train_batch(self, state: Any, batch: dict) -> tuple[Any, Any]:
+        """Runs one step on a host batch placed by :meth:`shard_batch`."""
+        return self._fns["train_batch"](state, batch)
 
     def eval_step(self, params: Any, data: Any, indices: jax.Array) -> Any:
         """Metric sums of one eval batch (device-resident)."""
-        return self._eval(params, data, indices)
+        return self._fns["eval"](params, data, indices)
 
     def metrics_to_host(self, sums: Any) -> dict:
         """Device metric sums → host floats (pmap's copies are equal after the psum: take the first)."""
         host = jax.device_get(sums)
         return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in host.items()}
-
-    def params_of(self, state: Any) -> Any:
-        """The params of a placed state, still placed (to pass to :meth:`eval_step`)."""
-        return state.params

@@ -67,16 +67,15 @@ def _sums(logits: jax.Array, batch: dict) -> dict:
     }
 
 
-def train_step(
+def update(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     state: TrainState,
-    data: dict,
-    indices: jax.Array,
+    batch: dict,
     reduce: Reduce = identity,
 ) -> tuple[TrainState, dict]:
-    """One optimizer step on the batch ``indices`` of ``data``; returns the new state and the batch's sums."""
-    batch = gather(data, indices)
+    """The train step: one optimizer step on ``batch`` (``image``, ``label``, ``weight``); returns the new state
+    and the batch's sums. Everything else that trains is this function, composed."""
 
     def loss_fn(params):
         logits = nnx.merge(graphdef, params)(batch["image"])
@@ -89,6 +88,35 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+
+def train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    data: dict,
+    indices: jax.Array,
+    reduce: Reduce = identity,
+) -> tuple[TrainState, dict]:
+    """:func:`update` on the batch ``indices`` of device-resident ``data`` (gathered on the device)."""
+    return update(graphdef, tx, state, gather(data, indices), reduce)
+
+
+def train_steps(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    data: dict,
+    indices: jax.Array,
+    reduce: Reduce = identity,
+) -> tuple[TrainState, dict]:
+    """Several :func:`train_step` in one dispatch (``indices`` is [steps, batch]); returns the summed sums."""
+
+    def body(carry, idx):
+        return train_step(graphdef, tx, carry, data, idx, reduce)
+
+    state, sums = jax.lax.scan(body, state, indices)
+    return state, jax.tree.map(lambda x: x.sum(0), sums)
 
 
 def eval_step(graphdef: nnx.GraphDef, params: Any, data: dict, indices: jax.Array, reduce: Reduce = identity) -> dict:

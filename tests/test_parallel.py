@@ -80,3 +80,29 @@ def test_unknown_strategy_and_too_many_devices():
         parallel.Parallel("dp", parallel.select_devices(1), None, None)
     with pytest.raises(ConfigError, match="only 8 cpu device"):
         parallel.select_devices(9)
+
+
+@pytest.mark.parametrize("kind", ["pmap", "jit"])
+def test_several_steps_per_dispatch_and_host_batches_match_single_steps(kind):
+    c = config_lib.base_config()
+    c.update(model="mlp_tiny", optimizer="sgd", learning_rate=0.1)
+    tx = steps.make_optimizer(c, 4)
+    graphdef, state = steps.init_state(models.create(c), tx)
+    par = parallel.Parallel(kind, parallel.select_devices(8), graphdef, tx)
+    labels = np.random.default_rng(2).integers(0, 10, N).astype(np.int32)
+    host = {"image": make_images(labels), "label": labels}
+    data = par.replicate(host)
+    order = np.stack([batches.batch_indices(0, 0, s, BATCH, N) for s in range(3)])  # [3, 64], no padding
+    state = jax.device_get(state)  # host copy: each replicate() below must own its (donated) buffers
+    one, fused, hosted = par.replicate(state), par.replicate(state), par.replicate(state)
+    for s in range(3):
+        one, _ = par.train_step(one, data, par.shard_indices(order[s]))
+        batch = {"image": host["image"][order[s]], "label": labels[order[s]], "weight": np.ones(BATCH, np.float32)}
+        hosted, _ = par.train_batch(hosted, par.shard_batch(batch))
+    fused, sums = par.train_steps(fused, data, par.shard_indices(order))
+    assert par.metrics_to_host(sums)["count"] == 3 * BATCH
+    for other in (fused, hosted):
+        other = par.unreplicate(other)
+        assert int(other.step) == 3
+        for a, b in zip(jax.tree.leaves(other.params), jax.tree.leaves(par.unreplicate(one).params), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)
