@@ -53,6 +53,26 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("workdir")
     r.add_argument("--out", default=None, help="output folder (default: WORKDIR/report)")
 
+    b = sub.add_parser("bench", help="throughput benchmarks into the ledger; `bench report`, `bench check`")
+    b.add_argument("action", nargs="?", default="run", choices=("run", "sweep", "tta", "report", "check"))
+    b.add_argument("--models", default="mlp,cnn", help="comma-separated (default mlp,cnn)")
+    b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
+    b.add_argument("--dtypes", default="float32")
+    b.add_argument("--parallel", default="pmap", help="pmap, jit or both: pmap,jit")
+    b.add_argument("--data", default="device", help="device, host or both: device,host")
+    b.add_argument("--steps-per-dispatch", default="1", help="comma-separated, e.g. 1,8")
+    b.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
+    b.add_argument("--windows", type=int, default=7, help="timing windows (≥ 5)")
+    b.add_argument("--dispatches", type=int, default=8, help="dispatches per timing window")
+    b.add_argument("--config", default="fashion_mnist_cnn", help="tta: the config to train")
+    b.add_argument("--target", type=float, default=0.90, help="tta: the test accuracy to reach")
+    b.add_argument("--seeds", default="0,1,2", help="tta: comma-separated seeds")
+    b.add_argument("--tolerance", type=float, default=0.2, help="check: allowed throughput drop (0.2 = 20 %%)")
+    b.add_argument("--ledger", default=None, help="ledger folder (default benchmarks/results)")
+    b.add_argument("--no-ledger", action="store_true", help="print rows, append nothing")
+    b.add_argument("--out", default=None, help="report: output folder (default benchmarks/)")
+    b.add_argument("--peers", action="store_true", help="also run the PyTorch/Keras peers (benchmarks/peers)")
+
     d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
     )
@@ -173,6 +193,12 @@ def _report(args) -> int:
     return 0
 
 
+def _bench(args, extra) -> int:
+    from harness.bench_cli import run
+
+    return run(args, extra)
+
+
 def _data(args) -> int:
     import numpy as np
 
@@ -210,11 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     args, extra = _parser().parse_known_args(argv)
     try:
-        if extra and args.command != "train":
+        if extra and args.command not in ("train", "bench"):
             raise HarnessError(f"unrecognized arguments: {' '.join(extra)}")
         _quiet_libraries()
         if args.command == "train":
             return _train(args, extra)
+        if args.command == "bench":
+            return _bench(args, _split_overrides(extra))
         commands = {"eval": _eval, "predict": _predict, "data": _data, "checkpoints": _checkpoints}
         commands |= {"explore": _explore, "report": _report}
         return commands[args.command](args)

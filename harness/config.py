@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_best = 1  # … plus the best N by test accuracy
     c.init_from = ""  # a workdir whose latest parameters start a new run (fine-tuning)
     c.report = True  # write WORKDIR/report (pictures + index.html) when training ends
+    c.stop_at_accuracy = 0.0  # > 0: stop after the first evaluation that reaches this test accuracy
     return c
 
 
@@ -160,6 +161,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 0:
             raise ConfigError(f"config.{key}={config[key]!r}: must be an integer >= 0")
     _positive(config, "keep_checkpoints")
+    if not 0 <= config.stop_at_accuracy <= 1:
+        raise ConfigError(f"config.stop_at_accuracy={config.stop_at_accuracy}: must be in [0, 1] (0 = off)")
     for key in ("momentum", "weight_decay"):
         if not (math.isfinite(config[key]) and config[key] >= 0):
             raise ConfigError(f"config.{key}={config[key]}: must be a finite number >= 0")

@@ -202,6 +202,9 @@ class Loop:
             self.row({k: v for k, v in row.items() if k != "test_examples"})
             self.save(state, extra)
             self.emit("on_epoch_end", epoch, row)
+            if cfg.stop_at_accuracy and row.get("test_accuracy", 0.0) >= cfg.stop_at_accuracy:
+                row["reached_target_epoch"] = epoch + 1
+                break
             if self.stop() and epoch + 1 < cfg.num_epochs:
                 return self._stopped()
         evals = [r for r in self.p.history if "test_accuracy" in r]

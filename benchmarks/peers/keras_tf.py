@@ -1,0 +1,99 @@
+"""The harness's MLP and CNN in Keras 3 on TensorFlow (model.fit-style compiled train step), timed like
+`harness bench`. TensorFlow is an optional peer only; the harness itself never needs it."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+NAME = "keras3-tensorflow"
+
+
+def available() -> tuple[bool, str]:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import keras
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False, "keras/tensorflow are not installed (pip install -e '.[peers]')"
+    if keras.backend.backend() != "tensorflow":
+        return False, f"keras runs on {keras.backend.backend()}, not tensorflow (set KERAS_BACKEND=tensorflow)"
+    return True, ""
+
+
+def _model(name: str):
+    import keras
+    from keras import layers
+
+    if name == "mlp":
+        body = [layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dense(10)]
+    elif name == "cnn":
+        body = [
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.AveragePooling2D(2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.AveragePooling2D(2),
+            layers.Flatten(),
+            layers.Dense(256, activation="relu"),
+            layers.Dense(10),
+        ]
+    else:
+        raise ValueError(f"peer model {name!r}: mlp or cnn")
+    return keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255.0), *body])
+
+
+def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window: int = 8, warmup: int = 3) -> dict:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    net = _model(model)
+    net.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8192, 28, 28, 1), dtype=np.uint8).astype(np.float32)
+    labels = rng.integers(0, 10, 8192).astype(np.int32)
+    batches = [
+        (tf.constant(images[i : i + batch_size]), tf.constant(labels[i : i + batch_size]))
+        for i in range(0, 8192 - batch_size + 1, batch_size)
+    ]
+    cursor = 0
+
+    def step():
+        nonlocal cursor
+        x, y = batches[cursor % len(batches)]
+        cursor += 1
+        return net.train_on_batch(x, y, return_dict=False)
+
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(dispatches_per_window):
+            step()
+        times.append((time.perf_counter() - t0) / dispatches_per_window)
+    median = statistics.median(times)
+    return {
+        "compile_seconds": 0.0,
+        "time_to_first_step_seconds": first,
+        "step_seconds_median": median,
+        "step_seconds_p10": float(np.percentile(times, 10)),
+        "step_seconds_p90": float(np.percentile(times, 90)),
+        "windows": windows,
+        "steps_per_window": dispatches_per_window,
+        "examples_per_sec": batch_size / median,
+        "examples_per_sec_per_device": batch_size / median,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }

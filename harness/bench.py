@@ -1,0 +1,318 @@
+"""``harness bench``: honest throughput of the train step, one grid point at a time.
+
+Timing protocol: compile ahead of time and report it apart (with the time to the first finished step); run
+warm-up dispatches and discard them; then time ≥ 5 windows of several dispatches, each closed by one
+``block_until_ready`` (never a host sync per step), and report the median, p10 and p90 step time. FLOPs per
+example come from XLA's cost analysis of the compiled single step; MFU divides achieved FLOP/s by a peak table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from harness import config as config_lib
+from harness import models, parallel, steps
+from harness.data import batches
+from harness.errors import ConfigError
+
+DATA_MODES = ("device", "host")
+SYNTHETIC_EXAMPLES = 8192
+
+# Dense peak FLOP/s per device, by device kind (substring, lower case) and compute dtype, with the source.
+PEAKS = {
+    ("h100", "bfloat16"): (989.4e12, "NVIDIA H100 SXM datasheet, dense BF16"),
+    ("h100", "float32"): (494.7e12, "NVIDIA H100 SXM datasheet, dense TF32 (XLA's default float32 matmul precision)"),
+    ("h200", "bfloat16"): (989.4e12, "NVIDIA H200 datasheet, dense BF16"),
+    ("h200", "float32"): (494.7e12, "NVIDIA H200 datasheet, dense TF32"),
+    ("a100", "bfloat16"): (312e12, "NVIDIA A100 datasheet, dense BF16"),
+    ("a100", "float32"): (156e12, "NVIDIA A100 datasheet, dense TF32"),
+    ("tpu v5 lite", "bfloat16"): (197e12, "Google Cloud TPU v5e docs, BF16 per chip"),
+    ("tpu v5e", "bfloat16"): (197e12, "Google Cloud TPU v5e docs, BF16 per chip"),
+    ("tpu v4", "bfloat16"): (275e12, "Google Cloud TPU v4 docs, BF16 per chip"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One grid point."""
+
+    model: str = "cnn"
+    batch_size: int = 128
+    dtype: str = "float32"
+    parallel: str = "pmap"
+    data: str = "device"
+    steps_per_dispatch: int = 1
+    num_devices: int = 0
+
+
+def cpu_info() -> dict:
+    """Model, cores this process may use, nominal clock and the vector/matrix features, from /proc/cpuinfo."""
+    info = {"model": platform.processor() or "unknown", "cores": len(os.sched_getaffinity(0)), "mhz": None, "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return info
+    for key, field in (("model name", "model"), ("cpu MHz", "mhz"), ("flags", "flags")):
+        match = re.search(rf"^{key}\s*:\s*(.*)$", text, re.M)
+        if match:
+            info[field] = match.group(1).strip()
+    info["mhz"] = float(info["mhz"]) if info["mhz"] else None
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    info["flags"] = [f for f in str(info["flags"]).split() if f in wanted]
+    return info
+
+
+def cpu_peak(dtype: str) -> tuple[float | None, str | None]:
+    """The whole CPU's peak FLOP/s: cores × nominal clock × FLOP per cycle per core for ``dtype``."""
+    info = cpu_info()
+    flags = set(info["flags"])
+    if not info["mhz"]:
+        return None, None
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8  # fp32: 2 FMA units × lanes × 2
+    if dtype == "bfloat16":
+        per_cycle = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else per_cycle
+    peak = info["cores"] * info["mhz"] * 1e6 * per_cycle
+    unit = "AMX" if per_cycle == 1024 else "vector units"
+    return peak, f"computed: {info['cores']} cores × {info['mhz']:.0f} MHz × {per_cycle} {dtype} FLOP/cycle ({unit})"
+
+
+def peak_flops(device_kind: str, dtype: str) -> tuple[float | None, str | None]:
+    """(peak FLOP/s per device, source) for a device kind, or (None, None) when unknown. For CPUs, the whole
+    CPU (all fake devices share its cores)."""
+    if device_kind.lower() == "cpu":
+        return cpu_peak(dtype)
+    kind = device_kind.lower()
+    for (name, peak_dtype), (peak, source) in PEAKS.items():
+        if name in kind and peak_dtype == dtype:
+            return peak, source
+    return None, None
+
+
+def _config(point: Point) -> Any:
+    c = config_lib.base_config()
+    c.update(model=point.model, batch_size=point.batch_size, dtype=point.dtype, parallel=point.parallel)
+    c.num_devices = point.num_devices
+    return c
+
+
+def _memory(devices: list) -> dict:
+    stats = [d.memory_stats() for d in devices if hasattr(d, "memory_stats")]
+    stats = [s for s in stats if s]
+    if not stats:
+        return {"bytes_in_use": None, "peak_bytes_in_use": None}
+    return {k: max(s.get(k, 0) for s in stats) for k in ("bytes_in_use", "peak_bytes_in_use")}
+
+
+def _chips(devices: list) -> int:
+    coords = {tuple(d.coords) for d in devices if getattr(d, "coords", None) is not None}
+    return len(coords) or len(devices)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+class _Runner:
+    """Holds the placed state and data of one point and dispatches its steps."""
+
+    def __init__(self, point: Point, seed: int = 0):
+        if point.data not in DATA_MODES:
+            raise ConfigError(f"data mode {point.data!r}: allowed: {', '.join(DATA_MODES)}")
+        if point.steps_per_dispatch < 1 or (point.steps_per_dispatch > 1 and point.data == "host"):
+            raise ConfigError(f"steps_per_dispatch={point.steps_per_dispatch}: ≥ 1, and 1 with host data")
+        self.point, self.config = point, _config(point)
+        devices = parallel.select_devices(point.num_devices)
+        config_lib.validate(self.config, len(devices))
+        tx = steps.make_optimizer(self.config, 1000)
+        graphdef, state = steps.init_state(models.create(self.config), tx)
+        self.par = parallel.Parallel(point.parallel, devices, graphdef, tx)
+        rng = np.random.default_rng(seed)
+        self.n = max(SYNTHETIC_EXAMPLES, 2 * point.batch_size)
+        self.host = {
+            "image": rng.integers(0, 256, (self.n, 28, 28, 1), dtype=np.uint8),
+            "label": rng.integers(0, 10, self.n).astype(np.int32),
+        }
+        self.state = self.par.replicate(jax.device_get(state))
+        self.data = self.par.replicate(self.host) if point.data == "device" else None
+        self.cursor = 0
+
+    def _indices(self) -> np.ndarray:
+        k, bs = self.point.steps_per_dispatch, self.point.batch_size
+        spe = batches.steps_per_epoch(self.n, bs) - 1  # full batches only: every step does the same work
+        rows = []
+        for _ in range(k):
+            epoch, s = divmod(self.cursor, spe)
+            rows.append(batches.batch_indices(0, epoch, s, bs, self.n))
+            self.cursor += 1
+        return rows[0] if k == 1 else np.stack(rows)
+
+    def args(self) -> tuple:
+        """The arguments of the next dispatch (host mode: gathers the batch on the host and sends it)."""
+        idx = self._indices()
+        if self.point.data == "host":
+            batch = {"image": self.host["image"][idx], "label": self.host["label"][idx]}
+            batch["weight"] = np.ones(len(idx), np.float32)
+            return (self.par.shard_batch(batch),)
+        return self.data, self.par.shard_indices(idx)
+
+    @property
+    def name(self) -> str:
+        if self.point.data == "host":
+            return "train_batch"
+        return "train" if self.point.steps_per_dispatch == 1 else "train_steps"
+
+    def flops_per_example(self) -> float | None:
+        """From XLA's cost analysis of the compiled single step (per-device program ÷ per-device batch). A fused
+        ``lax.scan`` program would count its body once, so the single step is always the one analysed."""
+        single = dataclasses.replace(self.point, steps_per_dispatch=1, data="device")
+        runner = self if single == self.point else _Runner(single)
+        cost = runner.par.lower("train", runner.state, runner.data, runner.par.shard_indices(runner._indices()))
+        analysis = cost.compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+        flops = (analysis or {}).get("flops")
+        if not flops or flops <= 0:
+            return None
+        return float(flops) / (self.point.batch_size / self.par.num_devices)  # pmap and jit: per-device program
+
+
+def measure(
+    point: Point,
+    windows: int = 5,
+    dispatches_per_window: int = 8,
+    warmup: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """Measures one grid point; returns its figures (step times in seconds, throughput in examples/s)."""
+    if windows < 5:
+        raise ConfigError(f"windows={windows}: at least 5 timing windows are needed for p10/p90")
+    start = clock()
+    runner = _Runner(point)
+    args = runner.args()
+    t0 = clock()
+    compiled = runner.par.lower(runner.name, runner.state, *args).compile()
+    compile_seconds = clock() - t0
+    state, sums = compiled(runner.state, *args)
+    jax.block_until_ready(sums)
+    time_to_first_step = clock() - start
+    for _ in range(warmup):
+        state, sums = compiled(state, *runner.args())
+    jax.block_until_ready(sums)
+    k = point.steps_per_dispatch
+    step_times = []
+    for _ in range(windows):
+        t0 = clock()
+        for _ in range(dispatches_per_window):
+            state, sums = compiled(state, *runner.args())
+        jax.block_until_ready(sums)  # one host sync per window
+        step_times.append((clock() - t0) / (dispatches_per_window * k))
+    median = statistics.median(step_times)
+    devices = runner.par.devices
+    figures = {
+        "compile_seconds": compile_seconds,
+        "time_to_first_step_seconds": time_to_first_step,
+        "step_seconds_median": median,
+        "step_seconds_p10": _percentile(step_times, 10),
+        "step_seconds_p90": _percentile(step_times, 90),
+        "windows": windows,
+        "steps_per_window": dispatches_per_window * k,
+        "examples_per_sec": point.batch_size / median,
+        "examples_per_sec_per_device": point.batch_size / median / len(devices),
+        "examples_per_sec_per_chip": point.batch_size / median / _chips(devices),
+        "loss_finite": bool(np.isfinite(runner.par.metrics_to_host(sums)["loss"])),
+        **_memory(devices),
+    }
+    flops = runner.flops_per_example()
+    peak, source = peak_flops(devices[0].device_kind, point.dtype)
+    total_peak = peak if devices[0].platform == "cpu" else (peak or 0) * len(devices)
+    figures["flops_per_example"] = flops
+    figures["mfu"] = flops * figures["examples_per_sec"] / total_peak if flops and peak else "n/a"
+    figures["peak_flops_per_device"] = peak
+    figures["peak_source"] = source
+    return figures
+
+
+def grid(
+    models_: list[str],
+    batch_sizes: list[int],
+    dtypes: list[str],
+    strategies: list[str],
+    data_modes: list[str],
+    steps_per_dispatch: list[int],
+    num_devices: int = 0,
+) -> Iterator[Point]:
+    """Every combination, skipping fused steps with host data (not supported)."""
+    for m in models_:
+        for bs in batch_sizes:
+            for dt in dtypes:
+                for par in strategies:
+                    for data in data_modes:
+                        for k in steps_per_dispatch:
+                            if data == "host" and k > 1:
+                                continue
+                            yield Point(m, bs, dt, par, data, k, num_devices)
+
+
+def sweep(point: Point, max_batch: int = 65536, patience: int = 2, min_gain: float = 0.05, **kw) -> list[dict]:
+    """Doubles the batch size from ``point.batch_size`` until throughput stops improving by ``min_gain`` for
+    ``patience`` steps, memory runs out, or ``max_batch``; returns one ``(point, figures)`` dict per size tried."""
+    results, best, stale, bs = [], 0.0, 0, point.batch_size
+    while bs <= max_batch and stale < patience:
+        p = dataclasses.replace(point, batch_size=bs)
+        try:
+            figures = measure(p, **kw)
+        except jax.errors.JaxRuntimeError as e:  # out of memory ends the walk
+            if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                raise
+            results.append({"point": p, "figures": None, "stopped": "out of memory"})
+            break
+        results.append({"point": p, "figures": figures})
+        gain = figures["examples_per_sec"] / best - 1 if best else 1.0
+        stale = 0 if gain >= min_gain else stale + 1
+        best = max(best, figures["examples_per_sec"])
+        bs *= 2
+    return results
+
+
+def time_to_accuracy(
+    config_name: str,
+    target: float,
+    seeds: list[int],
+    overrides: list[str] = (),
+    workdir: Path | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """MLPerf style: wall seconds from start (data loading and compilation included) to the first evaluation at
+    or above ``target``, for each seed; median and spread over the seeds that reached it."""
+    import tempfile
+
+    from harness.train import train_and_evaluate
+
+    runs = []
+    for seed in seeds:
+        c = config_lib.load(config_name, [*overrides, f"seed={seed}", f"stop_at_accuracy={target}", "report=false"])
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            t0 = clock()
+            summary = train_and_evaluate(c, Path(tmp) / "run", hooks=[], print_fn=lambda _: None)
+            seconds = clock() - t0
+        reached = summary.get("reached_target_epoch")
+        runs.append({"seed": seed, "seconds": seconds, "epochs": reached, "accuracy": summary.get("test_accuracy")})
+    times = [r["seconds"] for r in runs if r["epochs"]]
+    return {
+        "seeds": len(seeds),
+        "reached": len(times),
+        "median_seconds": statistics.median(times) if times else float("nan"),
+        "min_seconds": min(times) if times else float("nan"),
+        "max_seconds": max(times) if times else float("nan"),
+        "runs": runs,
+    }

@@ -1,0 +1,158 @@
+"""``harness bench [run|sweep|tta|report|check]``: runs benchmarks, appends ledger rows, renders and checks them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from harness import bench, ledger
+from harness.errors import HarnessError
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise HarnessError(f"--{name}={text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise HarnessError(f"--{name}={text!r}: expected positive integers")
+    return values
+
+
+def _words(text: str, name: str, allowed: tuple[str, ...]) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise HarnessError(f"--{name}={text!r}: allowed: {', '.join(allowed)}")
+    return values
+
+
+def _points(args) -> list[bench.Point]:
+    from harness.config import ALLOWED
+    from harness.models import MODELS
+
+    return list(
+        bench.grid(
+            _words(args.models, "models", tuple(MODELS)),
+            _ints(args.batch_sizes, "batch-sizes"),
+            _words(args.dtypes, "dtypes", ALLOWED["dtype"]),
+            _words(args.parallel, "parallel", ALLOWED["parallel"]),
+            _words(args.data, "data", bench.DATA_MODES),
+            _ints(args.steps_per_dispatch, "steps-per-dispatch"),
+            args.num_devices,
+        )
+    )
+
+
+def _describe(point: bench.Point, f: dict) -> str:
+    mfu = f"{f['mfu']:.1%}" if isinstance(f["mfu"], float) else "n/a"
+    return (
+        f"{point.model:<8} b{point.batch_size:<6} {point.dtype:<8} {point.parallel:<4} {point.data:<6} "
+        f"×{point.steps_per_dispatch:<3} {f['examples_per_sec']:>12,.0f} ex/s  "
+        f"step {f['step_seconds_median'] * 1e3:8.2f} ms "
+        f"(p10 {f['step_seconds_p10'] * 1e3:.2f}, p90 {f['step_seconds_p90'] * 1e3:.2f})  compile "
+        f"{f['compile_seconds']:.1f} s  MFU {mfu}"
+    )
+
+
+def _stall_shares(results: list[tuple[bench.Point, dict]]) -> None:
+    """Adds ``data_stall_share`` to host-pipeline figures whose device-resident twin was measured too."""
+    device = {dataclasses.replace(p, data="device"): f for p, f in results if p.data == "device"}
+    for p, f in results:
+        twin = device.get(dataclasses.replace(p, data="device"))
+        if p.data == "host" and twin:
+            f["data_stall_share"] = max(0.0, 1 - f["examples_per_sec"] / twin["examples_per_sec"])
+
+
+def _measure_grid(args) -> list[dict]:
+    results = []
+    for point in _points(args):
+        figures = bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)
+        print(_describe(point, figures), flush=True)
+        results.append((point, figures))
+    _stall_shares(results)
+    return [ledger.make_row("throughput", dataclasses.asdict(p), f) for p, f in results]
+
+
+def _peer_rows(args) -> list[dict]:
+    from harness import peers
+
+    rows = []
+    for name, available, why in peers.available():
+        if not available:
+            print(f"peer {name}: skipped ({why})")
+            continue
+        for model in args.models.split(","):
+            for bs in _ints(args.batch_sizes, "batch-sizes"):
+                figures = peers.measure(name, model, bs, windows=args.windows, dispatches_per_window=args.dispatches)
+                print(f"peer {name:<18} {model:<6} b{bs:<6} {figures['examples_per_sec']:>12,.0f} ex/s", flush=True)
+                point = {"model": model, "batch_size": bs, "dtype": "float32", "peer": name}
+                rows.append(ledger.make_row("throughput", point, figures, framework=name))
+    return rows
+
+
+def _save(rows: list[dict], args) -> None:
+    if args.no_ledger:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return
+    for path in ledger.append(rows, Path(args.ledger) if args.ledger else ledger.RESULTS_DIR):
+        print(f"ledger: appended to {path}")
+
+
+def run(args, overrides: list[str]) -> int:
+    """Dispatches ``harness bench ACTION``."""
+    directory = Path(args.ledger) if args.ledger else ledger.RESULTS_DIR
+    if args.windows < 5:
+        raise HarnessError(f"--windows={args.windows}: at least 5 timing windows are needed")
+    if args.action == "run":
+        rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
+        _save(rows, args)
+    elif args.action == "sweep":
+        rows = []
+        for point in _points(args):
+            tried = bench.sweep(point, windows=args.windows, dispatches_per_window=args.dispatches)
+            measured = [t for t in tried if t["figures"]]
+            for t in measured:
+                print(_describe(t["point"], t["figures"]), flush=True)
+            best = max(measured, key=lambda t: t["figures"]["examples_per_sec"])
+            print(f"best: batch {best['point'].batch_size} ({best['figures']['examples_per_sec']:,.0f} ex/s)")
+            rows += [ledger.make_row("throughput", dataclasses.asdict(t["point"]), t["figures"]) for t in measured]
+            rows.append(ledger.make_row("sweep_best", dataclasses.asdict(best["point"]), best["figures"]))
+        _save(rows, args)
+    elif args.action == "tta":
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip().isdigit()] or [0]
+        figures = bench.time_to_accuracy(args.config, args.target, seeds, overrides)
+        for r in figures["runs"]:
+            reached = f"reached in {r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else "did not reach"
+            print(f"seed {r['seed']}: {reached}; final test_accuracy {r['accuracy']:.4f}")
+        median = figures["median_seconds"]
+        print(
+            f"time to {args.target}: median {median:.1f} s over {figures['reached']}/{figures['seeds']} seeds"
+            if not math.isnan(median)
+            else f"no seed reached {args.target}"
+        )
+        point = {"config": args.config, "target": args.target, "overrides": overrides}
+        _save([ledger.make_row("time_to_accuracy", point, figures)], args)
+    elif args.action == "report":
+        rows = ledger.read(directory)
+        if not rows:
+            raise HarnessError(f"{directory}: no ledger rows (run `harness bench` first)")
+        out = Path(args.out) if args.out else ledger.ROOT / "benchmarks"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "LEADERBOARD.md").write_text("# Benchmark leaderboard\n\n" + ledger.leaderboard(rows))
+        for path in [out / "LEADERBOARD.md", *ledger.plots(rows, out)]:
+            print(f"wrote {path}")
+    else:  # check
+        baseline = ledger.read(directory)
+        fresh = _measure_grid(args)
+        problems, matched = ledger.compare(fresh, baseline, args.tolerance)
+        for p in problems:
+            print(f"REGRESSION: {p}")
+        if not matched:
+            print(f"no baseline rows of this machine for these points in {directory}: nothing to compare")
+        print(f"checked {len(fresh)} point(s), {matched} with a baseline: {'FAILED' if problems else 'ok'}")
+        return 1 if problems else 0
+    return 0

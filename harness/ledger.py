@@ -1,0 +1,273 @@
+"""The benchmark ledger: one JSON line per measured point, a file per accelerator kind under benchmarks/results/,
+a Markdown leaderboard with plots, and a regression check against the stored baseline of the same machine."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+
+from harness import bench
+
+SCHEMA_VERSION = 1
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+REQUIRED = {"schema": int, "kind": str, "timestamp": str, "fingerprint": dict, "point": dict, "figures": dict}
+KINDS = ("throughput", "sweep_best", "time_to_accuracy")
+
+
+def fingerprint() -> dict:
+    """What made a row: platform, device kind and count, process count, CPU, library versions, XLA flags."""
+    import flax
+    import jaxlib
+    import optax
+
+    device = jax.devices()[0]
+    fp = {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    if device.platform == "cpu":
+        info = bench.cpu_info()
+        fp.update(cpu_model=info["model"], cpu_cores=info["cores"], cpu_mhz=info["mhz"], cpu_features=info["flags"])
+    return fp
+
+
+def machine_key(fp: dict) -> tuple:
+    """Rows are comparable when this matches: same platform, device kind and count, same CPU where it is one."""
+    return fp["platform"], fp["device_kind"], fp["device_count"], fp.get("cpu_model"), fp.get("cpu_cores")
+
+
+def git_commit() -> str | None:
+    """HEAD of the harness checkout, with ``+dirty`` when it has uncommitted changes; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def make_row(kind: str, point: dict, figures: dict, fp: dict | None = None, framework: str = "jax") -> dict:
+    """A ledger row (validated)."""
+    row = {
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "framework": framework,
+        "fingerprint": fp or fingerprint(),
+        "point": point,
+        "figures": figures,
+    }
+    problems = validate(row)
+    if problems:
+        raise ValueError(f"invalid ledger row: {problems[0]}")
+    return row
+
+
+def validate(row: dict) -> list[str]:
+    """What is wrong with ``row`` against the schema (empty when it is valid)."""
+    problems = [f"{k}: missing or not {t.__name__}" for k, t in REQUIRED.items() if not isinstance(row.get(k), t)]
+    if problems:
+        return problems
+    if row["schema"] != SCHEMA_VERSION:
+        problems.append(f"schema {row['schema']} (this harness reads {SCHEMA_VERSION})")
+    if row["kind"] not in KINDS:
+        problems.append(f"kind {row['kind']!r} not in {KINDS}")
+    for key in ("platform", "device_kind", "device_count", "process_count", "jax", "flax", "optax", "xla_flags"):
+        if key not in row["fingerprint"]:
+            problems.append(f"fingerprint.{key} missing")
+    if row["kind"] != "time_to_accuracy":
+        for key in ("examples_per_sec", "step_seconds_median", "step_seconds_p10", "step_seconds_p90"):
+            if not isinstance(row["figures"].get(key), int | float):
+                problems.append(f"figures.{key} missing")
+    return problems
+
+
+def ledger_path(device_kind: str, directory: Path = RESULTS_DIR) -> Path:
+    """``benchmarks/results/<device kind>.jsonl``."""
+    return Path(directory) / (re.sub(r"[^a-z0-9]+", "-", device_kind.lower()).strip("-") + ".jsonl")
+
+
+def append(rows: list[dict], directory: Path = RESULTS_DIR) -> list[Path]:
+    """Appends rows to the ledger file of their device kind."""
+    written = []
+    for row in rows:
+        path = ledger_path(row["fingerprint"]["device_kind"], directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+        written.append(path)
+    return sorted(set(written))
+
+
+def read(directory: Path = RESULTS_DIR) -> list[dict]:
+    """Every valid row of every ledger file in ``directory``."""
+    rows = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if not validate(row):
+                    rows.append(row)
+    return rows
+
+
+def _label(row: dict) -> str:
+    p = row["point"]
+    return f"{p.get('model')} {p.get('dtype')} {p.get('parallel')} {p.get('data')} ×{p.get('steps_per_dispatch', 1)}"
+
+
+def _device_name(fp: dict) -> str:
+    name = f"{fp['device_kind']} × {fp['device_count']}"
+    return f"{name} ({fp['cpu_model']}, {fp['cpu_cores']} cores)" if fp.get("cpu_model") else name
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def leaderboard(rows: list[dict]) -> str:
+    """Markdown: per device kind and model, the best throughput point, plus time-to-accuracy results."""
+    best: dict = {}
+    for row in rows:
+        if row["kind"] == "time_to_accuracy":
+            continue
+        key = (_device_name(row["fingerprint"]), row.get("framework", "jax"), row["point"].get("model"))
+        if key not in best or row["figures"]["examples_per_sec"] > best[key]["figures"]["examples_per_sec"]:
+            best[key] = row
+    lines = [
+        "| device | framework | model | best examples/s | per device | batch | dtype | parallel | data | "
+        "steps/dispatch | step ms (p10–p90) | MFU | commit |",
+        "|" + "---|" * 13,
+    ]
+    for (device, framework, model), row in sorted(best.items()):
+        p, f = row["point"], row["figures"]
+        mfu = f"{f['mfu']:.1%}" if isinstance(f.get("mfu"), float) else "n/a"
+        lines.append(
+            f"| {device} | {framework} | {model} | {f['examples_per_sec']:,.0f} | "
+            f"{f.get('examples_per_sec_per_device', f['examples_per_sec']):,.0f} | {p.get('batch_size')} | "
+            f"{p.get('dtype')} | {p.get('parallel', '—')} | {p.get('data', '—')} | {p.get('steps_per_dispatch', 1)} | "
+            f"{_ms(f['step_seconds_median'])} ({_ms(f['step_seconds_p10'])}–{_ms(f['step_seconds_p90'])}) | "
+            f"{mfu} | {(row.get('git_commit') or '?')[:9]} |"
+        )
+    tta = [r for r in rows if r["kind"] == "time_to_accuracy"]
+    if tta:
+        lines += [
+            "",
+            "| device | config | target | median seconds | spread | seeds reached | commit |",
+            "|" + "---|" * 7,
+        ]
+        for row in tta:
+            f = row["figures"]
+            lines.append(
+                f"| {_device_name(row['fingerprint'])} | {row['point']['config']} | {row['point']['target']} | "
+                f"{f['median_seconds']:.1f} | {f['min_seconds']:.1f}–{f['max_seconds']:.1f} | "
+                f"{f['reached']}/{f['seeds']} | {(row.get('git_commit') or '?')[:9]} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    """Throughput against batch size per device kind, and the step-time spread of every point."""
+    from harness import pictures
+
+    plt = pictures.plt
+    series: dict = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "throughput":
+            series[(_device_name(row["fingerprint"]), f"{row.get('framework', 'jax')} {_label(row)}")].append(row)
+    devices = sorted({d for d, _ in series})
+    fig, axes = plt.subplots(len(devices) or 1, 1, figsize=(10, 4 * max(1, len(devices))), squeeze=False)
+    for ax, device in zip(axes[:, 0], devices, strict=False):
+        for (d, label), points in sorted(series.items()):
+            if d == device:
+                points = sorted(points, key=lambda r: r["point"]["batch_size"])
+                ax.plot(
+                    [r["point"]["batch_size"] for r in points],
+                    [r["figures"]["examples_per_sec"] for r in points],
+                    "o-",
+                    label=label,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("global batch size")
+        ax.set_ylabel("examples/s")
+        ax.set_title(device)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    throughput = pictures.save(fig, Path(out) / "throughput_vs_batch.png")
+    points = [r for r in rows if r["kind"] == "throughput"]
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.28 * len(points) + 1)))
+    for i, row in enumerate(points):
+        f = row["figures"]
+        ax.errorbar(
+            f["step_seconds_median"] * 1e3,
+            i,
+            xerr=[
+                [(f["step_seconds_median"] - f["step_seconds_p10"]) * 1e3],
+                [(f["step_seconds_p90"] - f["step_seconds_median"]) * 1e3],
+            ],
+            fmt="o",
+            color=pictures.ACCENT,
+        )
+    ax.set_yticks(range(len(points)), [f"{_label(r)} b{r['point']['batch_size']}" for r in points], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("step time, ms (median, bars p10–p90)")
+    ax.set_title("Step-time spread")
+    fig.tight_layout()
+    return [throughput, pictures.save(fig, Path(out) / "step_time_spread.png")]
+
+
+def compare(fresh: list[dict], baseline: list[dict], tolerance: float) -> tuple[list[str], int]:
+    """(regressions of ``fresh`` against the ``baseline`` rows of the same machine and point, points matched)."""
+    problems, matched = [], 0
+    for row in fresh:
+        same = [
+            b
+            for b in baseline
+            if b["kind"] == row["kind"]
+            and b["point"] == row["point"]
+            and machine_key(b["fingerprint"]) == machine_key(row["fingerprint"])
+        ]
+        if row["kind"] == "time_to_accuracy":
+            if row["figures"]["reached"] < row["figures"]["seeds"]:
+                problems.append(
+                    f"{row['point']['config']}: {row['figures']['reached']}/{row['figures']['seeds']} "
+                    f"seeds reached {row['point']['target']}"
+                )
+            continue
+        if not same:
+            continue
+        matched += 1
+        reference = sorted(b["figures"]["examples_per_sec"] for b in same)[len(same) // 2]
+        got = row["figures"]["examples_per_sec"]
+        if got < reference * (1 - tolerance):
+            problems.append(
+                f"{_label(row)} batch {row['point']['batch_size']}: {got:,.0f} examples/s is "
+                f"{1 - got / reference:.0%} below the baseline {reference:,.0f} (tolerance {tolerance:.0%})"
+            )
+    return problems, matched

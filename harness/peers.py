@@ -1,0 +1,37 @@
+"""Peers for `harness bench --peers`: the same models in other frameworks, from ``benchmarks/peers/*.py``.
+
+Each peer module has ``NAME``, ``available() -> (bool, why)`` and ``measure(model, batch_size, windows,
+dispatches_per_window) -> figures``. Peers are optional extras (``pip install -e '.[peers]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+PEERS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "peers"
+
+
+def modules() -> list[ModuleType]:
+    """The peer modules shipped in ``benchmarks/peers`` (the project's own code)."""
+    found = []
+    for path in sorted(PEERS_DIR.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"harness_peer_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found.append(module)
+    return found
+
+
+def available() -> list[tuple[str, bool, str]]:
+    """(name, usable here, why not) for every peer."""
+    return [(m.NAME, *m.available()) for m in modules()]
+
+
+def measure(name: str, model: str, batch_size: int, **kw) -> dict:
+    """Times peer ``name`` on ``model`` at ``batch_size``."""
+    for m in modules():
+        if name == m.NAME:
+            return m.measure(model, batch_size, **kw)
+    raise KeyError(name)

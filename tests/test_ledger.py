@@ -1,0 +1,140 @@
+"""The ledger on a fixture: append/read, schema, leaderboard, plots, regression check, and the CLI."""
+
+import copy
+import json
+
+import pytest
+from test_explore import assert_picture
+
+from harness import cli, ledger
+
+FP = {
+    "platform": "cpu",
+    "device_kind": "cpu",
+    "device_count": 8,
+    "process_count": 1,
+    "jax": "0.10.2",
+    "jaxlib": "0.10.2",
+    "flax": "0.12.8",
+    "optax": "0.2.8",
+    "xla_flags": "",
+    "cpu_model": "Xeon",
+    "cpu_cores": 2,
+}
+
+
+def _row(model="mlp", bs=128, eps=1000.0, data="device"):
+    point = {
+        "model": model,
+        "batch_size": bs,
+        "dtype": "float32",
+        "parallel": "pmap",
+        "data": data,
+        "steps_per_dispatch": 1,
+        "num_devices": 0,
+    }
+    step = bs / eps
+    figures = {
+        "examples_per_sec": eps,
+        "examples_per_sec_per_device": eps / 8,
+        "step_seconds_median": step,
+        "step_seconds_p10": step * 0.9,
+        "step_seconds_p90": step * 1.1,
+        "mfu": 0.1,
+        "compile_seconds": 1.0,
+    }
+    return ledger.make_row("throughput", point, figures, fp=copy.deepcopy(FP))
+
+
+@pytest.fixture
+def fixture_ledger(tmp_path):
+    rows = [_row(bs=64, eps=800), _row(bs=128, eps=1000), _row(bs=256, eps=900), _row("cnn", 128, 50.0)]
+    ledger.append(rows, tmp_path)
+    return tmp_path
+
+
+def test_append_read_and_schema(fixture_ledger):
+    rows = ledger.read(fixture_ledger)
+    assert len(rows) == 4 and (fixture_ledger / "cpu.jsonl").is_file()
+    bad = dict(rows[0], schema=99)
+    assert ledger.validate(bad) and ledger.validate({"kind": "x"})
+    with (fixture_ledger / "cpu.jsonl").open("a") as f:
+        f.write(json.dumps(bad) + "\n")
+    assert len(ledger.read(fixture_ledger)) == 4  # rows of another schema are not mixed in
+
+
+def test_leaderboard_picks_the_best_batch(fixture_ledger):
+    table = ledger.leaderboard(ledger.read(fixture_ledger))
+    mlp = next(line for line in table.splitlines() if "| mlp |" in line)
+    assert "| 1,000 |" in mlp and "| 128 |" in mlp and "10.0%" in mlp
+    assert "Xeon, 2 cores" in mlp
+
+
+def test_plots(fixture_ledger, tmp_path):
+    for path in ledger.plots(ledger.read(fixture_ledger), tmp_path / "plots"):
+        assert_picture(path)
+
+
+def test_compare_flags_a_drop_beyond_tolerance(fixture_ledger):
+    baseline = ledger.read(fixture_ledger)
+    problems, matched = ledger.compare([_row(bs=128, eps=950)], baseline, 0.1)
+    assert matched == 1 and problems == []
+    problems, _ = ledger.compare([_row(bs=128, eps=700)], baseline, 0.1)
+    assert len(problems) == 1 and "30% below the baseline 1,000" in problems[0]
+    other = _row(bs=128, eps=10)
+    other["fingerprint"]["cpu_model"] = "another CPU"
+    assert ledger.compare([other], baseline, 0.1) == ([], 0)  # other machines are not compared
+
+
+def test_cli_run_report_check(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "bench",
+        "--models",
+        "mlp_tiny",
+        "--batch-sizes",
+        "16",
+        "--windows",
+        "5",
+        "--dispatches",
+        "2",
+        "--ledger",
+        str(tmp_path / "l"),
+    ]
+    assert cli.main(args) == 0
+    assert "appended to" in capsys.readouterr().out
+    assert cli.main(["bench", "report", "--ledger", str(tmp_path / "l"), "--out", str(tmp_path / "r")]) == 0
+    assert "mlp_tiny" in (tmp_path / "r" / "LEADERBOARD.md").read_text()
+    assert cli.main(["bench", "check", *args[1:], "--tolerance", "0.9"]) == 0
+    assert "1 with a baseline: ok" in capsys.readouterr().out
+    path = tmp_path / "l" / "cpu.jsonl"
+    row = json.loads(path.read_text().splitlines()[0])
+    row["figures"]["examples_per_sec"] *= 1000  # a baseline this machine cannot reach
+    path.write_text(json.dumps(row) + "\n")
+    assert cli.main(["bench", "check", *args[1:], "--tolerance", "0.2"]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_cli_bad_bench_arguments_are_one_line(capsys):
+    assert cli.main(["bench", "--models", "resnet"]) == 2
+    assert "allowed: mlp, cnn" in capsys.readouterr().err
+    assert cli.main(["bench", "--windows", "2"]) == 2
+
+
+def test_peers_are_listed_and_skipped_with_a_reason():
+    from harness import peers
+
+    names = {name: (ok, why) for name, ok, why in peers.available()}
+    assert set(names) == {"pytorch-eager", "keras3-tensorflow"}
+    assert all(ok or "pip install" in why or "KERAS_BACKEND" in why for ok, why in names.values())
+
+
+def test_pytorch_peer_measures_when_installed():
+    pytest.importorskip("torch", reason="the PyTorch peer is an optional extra: pip install -e '.[peers]'")
+    from harness import peers
+
+    f = peers.measure("pytorch-eager", "mlp", 32, windows=5, dispatches_per_window=2)
+    row = ledger.make_row(
+        "throughput", {"model": "mlp", "batch_size": 32, "peer": "pytorch-eager"}, f, framework="pytorch-eager"
+    )
+    assert ledger.validate(row) == [] and f["examples_per_sec"] > 0
