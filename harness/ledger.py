@@ -137,7 +137,8 @@ def read(directory: Path = RESULTS_DIR) -> list[dict]:
 
 def _label(row: dict) -> str:
     p = row["point"]
-    return f"{p.get('model')} {p.get('dtype')} {p.get('parallel')} {p.get('data')} ×{p.get('steps_per_dispatch', 1)}"
+    parts = [p.get(k) for k in ("model", "dtype", "parallel", "data")]
+    return " ".join(str(v) for v in parts if v is not None) + f" ×{p.get('steps_per_dispatch', 1)}"
 
 
 def _device_name(fp: dict) -> str:
