@@ -7,15 +7,8 @@ test accuracy 0.9222 on the full 10 000-image test split after 10 epochs (0.9114
 (~1.7k examples/s; `harness train` prints both).
 """
 
-from harness.config import base_config
+from harness.config import load
 
 
 def get_config():
-    c = base_config()
-    c.dataset = "fashion_mnist"
-    c.model = "cnn"
-    c.num_epochs = 10
-    c.batch_size = 128
-    c.optimizer = "adam"
-    c.learning_rate = 1e-3
-    return c
+    return load("fashion_mnist_cnn")

@@ -123,6 +123,40 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def time_windows(
+    dispatch: Callable[[], Any],
+    sync: Callable[[Any], Any],
+    windows: int,
+    dispatches_per_window: int,
+    steps_per_dispatch: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Seconds per step of each window: ``dispatches_per_window`` calls of ``dispatch`` closed by one ``sync``."""
+    step_times = []
+    for _ in range(windows):
+        t0 = clock()
+        out = None
+        for _ in range(dispatches_per_window):
+            out = dispatch()
+        sync(out)  # one host sync per window
+        step_times.append((clock() - t0) / (dispatches_per_window * steps_per_dispatch))
+    return step_times
+
+
+def summarize(step_times: list[float], batch_size: int, devices: int = 1, chips: int | None = None) -> dict:
+    """Median/p10/p90 step time and throughput from :func:`time_windows` (shared by the peers)."""
+    median = statistics.median(step_times)
+    return {
+        "step_seconds_median": median,
+        "step_seconds_p10": _percentile(step_times, 10),
+        "step_seconds_p90": _percentile(step_times, 90),
+        "windows": len(step_times),
+        "examples_per_sec": batch_size / median,
+        "examples_per_sec_per_device": batch_size / median / devices,
+        "examples_per_sec_per_chip": batch_size / median / (chips or devices),
+    }
+
+
 class _Runner:
     """Holds the placed state and data of one point and dispatches its steps."""
 
@@ -209,27 +243,20 @@ def measure(
         state, sums = compiled(state, *runner.args())
     jax.block_until_ready(sums)
     k = point.steps_per_dispatch
-    step_times = []
-    for _ in range(windows):
-        t0 = clock()
-        for _ in range(dispatches_per_window):
-            state, sums = compiled(state, *runner.args())
-        jax.block_until_ready(sums)  # one host sync per window
-        step_times.append((clock() - t0) / (dispatches_per_window * k))
-    median = statistics.median(step_times)
+    current = [state]
+
+    def dispatch():
+        current[0], sums = compiled(current[0], *runner.args())
+        return sums
+
+    step_times = time_windows(dispatch, jax.block_until_ready, windows, dispatches_per_window, k, clock)
     devices = runner.par.devices
     figures = {
         "compile_seconds": compile_seconds,
         "time_to_first_step_seconds": time_to_first_step,
-        "step_seconds_median": median,
-        "step_seconds_p10": _percentile(step_times, 10),
-        "step_seconds_p90": _percentile(step_times, 90),
-        "windows": windows,
+        **summarize(step_times, point.batch_size, len(devices), _chips(devices)),
         "steps_per_window": dispatches_per_window * k,
-        "examples_per_sec": point.batch_size / median,
-        "examples_per_sec_per_device": point.batch_size / median / len(devices),
-        "examples_per_sec_per_chip": point.batch_size / median / _chips(devices),
-        "loss_finite": bool(np.isfinite(runner.par.metrics_to_host(sums)["loss"])),
+        "loss_finite": bool(np.isfinite(runner.par.metrics_to_host(dispatch())["loss"])),
         **_memory(devices),
     }
     flops = runner.flops_per_example()

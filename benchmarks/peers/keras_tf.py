@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 import numpy as np
+
+from harness.bench import summarize, time_windows
 
 NAME = "keras3-tensorflow"
 
@@ -77,23 +78,12 @@ def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window
     first = time.perf_counter() - start
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        for _ in range(dispatches_per_window):
-            step()
-        times.append((time.perf_counter() - t0) / dispatches_per_window)
-    median = statistics.median(times)
+    times = time_windows(step, lambda out: out, windows, dispatches_per_window)
     return {
         "compile_seconds": 0.0,
         "time_to_first_step_seconds": first,
-        "step_seconds_median": median,
-        "step_seconds_p10": float(np.percentile(times, 10)),
-        "step_seconds_p90": float(np.percentile(times, 90)),
-        "windows": windows,
+        **summarize(times, batch_size),
         "steps_per_window": dispatches_per_window,
-        "examples_per_sec": batch_size / median,
-        "examples_per_sec_per_device": batch_size / median,
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
     }
