@@ -93,6 +93,22 @@ def _peer_rows(args) -> list[dict]:
     return rows
 
 
+def _tta_row(args, overrides: list[str]) -> dict:
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip().isdigit()] or [0]
+    figures = bench.time_to_accuracy(args.config, args.target, seeds, overrides)
+    for r in figures["runs"]:
+        reached = f"reached in {r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else "did not reach"
+        print(f"seed {r['seed']}: {reached}; final test_accuracy {r['accuracy']:.4f}")
+    median = figures["median_seconds"]
+    print(
+        f"time to {args.target}: median {median:.1f} s over {figures['reached']}/{figures['seeds']} seeds"
+        if not math.isnan(median)
+        else f"no seed reached {args.target}"
+    )
+    point = {"config": args.config, "target": args.target, "overrides": overrides}
+    return ledger.make_row("time_to_accuracy", point, figures)
+
+
 def _save(rows: list[dict], args) -> None:
     if args.no_ledger:
         for row in rows:
@@ -123,19 +139,7 @@ def run(args, overrides: list[str]) -> int:
             rows.append(ledger.make_row("sweep_best", dataclasses.asdict(best["point"]), best["figures"]))
         _save(rows, args)
     elif args.action == "tta":
-        seeds = [int(v) for v in args.seeds.split(",") if v.strip().isdigit()] or [0]
-        figures = bench.time_to_accuracy(args.config, args.target, seeds, overrides)
-        for r in figures["runs"]:
-            reached = f"reached in {r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else "did not reach"
-            print(f"seed {r['seed']}: {reached}; final test_accuracy {r['accuracy']:.4f}")
-        median = figures["median_seconds"]
-        print(
-            f"time to {args.target}: median {median:.1f} s over {figures['reached']}/{figures['seeds']} seeds"
-            if not math.isnan(median)
-            else f"no seed reached {args.target}"
-        )
-        point = {"config": args.config, "target": args.target, "overrides": overrides}
-        _save([ledger.make_row("time_to_accuracy", point, figures)], args)
+        _save([_tta_row(args, overrides)], args)
     elif args.action == "report":
         rows = ledger.read(directory)
         if not rows:
@@ -147,7 +151,7 @@ def run(args, overrides: list[str]) -> int:
             print(f"wrote {path}")
     else:  # check
         baseline = ledger.read(directory)
-        fresh = _measure_grid(args)
+        fresh = _measure_grid(args) + ([_tta_row(args, overrides)] if args.tta else [])
         problems, matched = ledger.compare(fresh, baseline, args.tolerance)
         for p in problems:
             print(f"REGRESSION: {p}")

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ledger", action="store_true", help="print rows, append nothing")
     b.add_argument("--out", default=None, help="report: output folder (default benchmarks/)")
     b.add_argument("--peers", action="store_true", help="also run the PyTorch/Keras peers (benchmarks/peers)")
+    b.add_argument("--tta", action="store_true", help="check: also require every seed to reach --target")
 
     d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser

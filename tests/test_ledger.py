@@ -138,3 +138,33 @@ def test_pytorch_peer_measures_when_installed():
         "throughput", {"model": "mlp", "batch_size": 32, "peer": "pytorch-eager"}, f, framework="pytorch-eager"
     )
     assert ledger.validate(row) == [] and f["examples_per_sec"] > 0
+
+
+def test_check_with_tta_fails_when_a_seed_misses_the_bound(tmp_path, capsys, tiny_data_dir):
+    common = [
+        "--models",
+        "mlp_tiny",
+        "--batch-sizes",
+        "16",
+        "--windows",
+        "5",
+        "--dispatches",
+        "1",
+        "--ledger",
+        str(tmp_path),
+        "--config",
+        "smoke",
+        "--seeds",
+        "0",
+        "--tta",
+    ]
+    over = [
+        f"--config.data_dir={tiny_data_dir}",
+        "--config.model=mlp_tiny",
+        "--config.batch_size=64",
+        "--config.num_epochs=2",
+    ]
+    assert cli.main(["bench", "check", *common, "--target", "0.3", *over]) == 0
+    frozen = [*over, "--config.learning_rate=1e-9"]  # a model that cannot learn never reaches the bound
+    assert cli.main(["bench", "check", *common, "--target", "0.9", *frozen]) == 1
+    assert "0/1 seeds reached 0.9" in capsys.readouterr().out

@@ -85,3 +85,13 @@ def test_report_page_loads_every_image_in_chromium(trained):
     assert len(widths) == 3 and all(w > 0 for w in widths), widths
     assert all(name in text for name in datasets.class_names("fashion_mnist"))
     assert "Confusion matrix" in text and json.loads((trained / "config.json").read_text())["model"] in text
+
+
+def test_report_on_tfds_mock_data(tiny_config, tmp_path, monkeypatch, mock_tfds):
+    monkeypatch.setattr(datasets, "ensure_prepared", lambda name, data_dir: (datasets.builder(name), "mock"))
+    tiny_config.update(num_epochs=1, dataset="mnist", report=True)
+    with mock_tfds(num_examples=192):
+        train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
+    for name in ("learning_curves.png", "confusion_matrix.png", "worst_mistakes.png"):
+        assert_picture(tmp_path / "report" / name)
+    assert "Per-class accuracy" in (tmp_path / "report" / "index.html").read_text()
