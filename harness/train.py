@@ -18,10 +18,8 @@ from harness import workdir as workdir_lib
 from harness.checkpoint import Checkpoints, write_atomic
 from harness.data import batches, datasets
 from harness.errors import WorkdirError
-from harness.loop import Loop, Progress, Run, evaluate
+from harness.loop import Loop, Progress, Run
 from harness.preemption import StopSignals
-
-__all__ = ["TRAJECTORY_KEYS", "Run", "evaluate", "setup", "train_and_evaluate"]
 
 # Keys that change what a run computes: resuming with any of them changed is refused. The others (logging,
 # evaluation and checkpoint frequency, devices, parallel strategy, data dir, num_epochs with a constant schedule)
