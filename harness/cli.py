@@ -223,6 +223,18 @@ def _data(args) -> int:
     return 0
 
 
+def _cpu_devices() -> None:
+    """``HARNESS_CPU_DEVICES=N`` splits the CPU into N XLA devices (must happen before jax starts)."""
+    wanted = os.environ.get("HARNESS_CPU_DEVICES", "").strip()
+    if not wanted:
+        return
+    if not wanted.isdigit() or int(wanted) < 1:
+        raise HarnessError(f"HARNESS_CPU_DEVICES={wanted!r}: expected a positive integer")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(wanted)}".strip()
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import absl.logging
@@ -239,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if extra and args.command not in ("train", "bench"):
             raise HarnessError(f"unrecognized arguments: {' '.join(extra)}")
+        _cpu_devices()
         _quiet_libraries()
         if args.command == "train":
             return _train(args, extra)

@@ -149,3 +149,25 @@ def test_foreign_workdir_and_changed_config_are_one_line(main_rc, tmp_path, tiny
     assert main_rc(*base, "--workdir", str(run))[0] == 0
     line = assert_one_line_error(main_rc(*base, "--workdir", str(run), "--config.seed=1"))
     assert "seed (0 → 1)" in line
+
+
+def test_cpu_devices_knob(tmp_path):
+    env = {"HARNESS_CPU_DEVICES": "3", "XLA_FLAGS": ""}
+    args = [
+        "bench",
+        "--models",
+        "mlp_tiny",
+        "--batch-sizes",
+        "12",
+        "--windows",
+        "5",
+        "--dispatches",
+        "1",
+        "--no-ledger",
+    ]
+    p = run_cli(*args, env=env)
+    assert p.returncode == 0, p.stderr
+    row = json.loads(next(line for line in p.stdout.splitlines() if line.startswith("{")))
+    assert row["fingerprint"]["device_count"] == 3 and "device_count=3" in row["fingerprint"]["xla_flags"]
+    p = run_cli(*args, env={"HARNESS_CPU_DEVICES": "many"})
+    assert_one_line_error((p.returncode, p.stderr))
