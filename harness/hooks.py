@@ -61,7 +61,9 @@ class TensorBoard(Hook):
     def on_train_start(self, run: dict) -> None:
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(str(self.logdir))
+        # On resume, TensorBoard drops what an earlier process wrote after the checkpoint (it is written again).
+        purge = run.get("step") + 1 if run.get("step") else None
+        self._writer = SummaryWriter(str(self.logdir), purge_step=purge)
 
     def on_row(self, row: dict) -> None:
         for key, value in row.items():

@@ -183,7 +183,7 @@ class Loop:
 
     def __call__(self) -> dict:
         run, cfg = self.run, self.run.config
-        self.emit("on_train_start", {"config": cfg, "devices": run.par.num_devices})
+        self.emit("on_train_start", {"config": cfg, "devices": run.par.num_devices, "step": self.p.step})
         state, row = run.state, None
         indices = run.par.shard_indices(batches.eval_indices(0, cfg.batch_size, run.num_test))
         seconds = run.par.compile(state, run.train, run.test, indices)

@@ -1,11 +1,11 @@
 """`harness report`: learning curves, confusion matrix, worst mistakes, the HTML page and TensorBoard images."""
 
 import json
-import struct
 
 import numpy as np
 import pytest
 from browser import needs_chromium, render
+from events import read_events
 from test_explore import assert_picture
 
 from harness import cli, report, train
@@ -60,18 +60,7 @@ def test_report_on_a_workdir_without_training_is_one_line(tmp_path):
 
 
 def _event_tags(logdir):
-    from tensorboardX.proto import event_pb2
-
-    tags = set()
-    for path in logdir.glob("events.out.tfevents.*"):
-        data = path.read_bytes()
-        i = 0
-        while i < len(data):
-            (length,) = struct.unpack("<Q", data[i : i + 8])
-            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
-            i += 12 + length + 4
-            tags |= {v.tag for v in event.summary.value if v.HasField("image")}
-    return tags
+    return {v.tag for e in read_events(logdir) for v in e.summary.value if v.HasField("image")}
 
 
 def test_same_figures_as_tensorboard_images(trained):

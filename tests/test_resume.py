@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import final_checkpoint
+from events import read_events
 
 from harness import hooks as hooks_lib
 from harness import loop, train
@@ -68,6 +69,8 @@ def test_stop_mid_epoch_then_resume_is_bitwise_identical(tiny_config, tmp_path, 
     assert _history(meta_a) == _history(meta_b)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [r["step"] for r in meta_b["history"]]  # no duplicates, none missing
+    purges = [e.step for e in read_events(tmp_path / "tensorboard") if e.session_log.status == 1]  # START
+    assert summary["step"] + 1 in purges  # TensorBoard drops the stopped process's events past the checkpoint
 
 
 def test_negative_control_without_the_data_position_diverges(tiny_config, tmp_path, straight, monkeypatch):
