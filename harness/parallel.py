@@ -16,8 +16,10 @@ step (``train_batch``, the host-pipeline baseline).
 from __future__ import annotations
 
 import collections
+import os
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,6 +34,24 @@ AXIS = "devices"
 STRATEGIES = ("pmap", "jit")
 # How each argument is laid out under jit: replicated, split along its first axis, or along its second.
 REPL, SPLIT, SPLIT_1 = P(), P(AXIS), P(None, AXIS)
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache in a per-user dir (``$XDG_CACHE_HOME/harness/jax``, else
+    ``~/.cache/harness/jax``); ``HARNESS_COMPILATION_CACHE`` names another dir, or ``off``. Returns the dir."""
+    choice = os.environ.get("HARNESS_COMPILATION_CACHE", "").strip()
+    if choice.lower() in ("0", "off", "false", "no"):
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "jax"
+    directory = Path(choice).expanduser() if choice else base
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # an unwritable cache dir only costs compile time
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(directory)
 
 
 def select_devices(num_devices: int = 0) -> list:

@@ -47,6 +47,7 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
     """
     devices = parallel.select_devices(config.num_devices)
     config_lib.validate(config, len(devices))
+    parallel.enable_compilation_cache()
     builder, source = datasets.ensure_prepared(config.dataset, config.data_dir or None)
     print_fn(f"training {config.model} on {config.dataset} ({source})")
     train, test = datasets.load_split(builder, "train"), datasets.load_split(builder, "test")

@@ -106,3 +106,17 @@ def test_several_steps_per_dispatch_and_host_batches_match_single_steps(kind):
         assert int(other.step) == 3
         for a, b in zip(jax.tree.leaves(other.params), jax.tree.leaves(par.unreplicate(one).params), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_compilation_cache_dir_and_off_switch(tmp_path, monkeypatch):
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("HARNESS_COMPILATION_CACHE", "off")
+    assert parallel.enable_compilation_cache() is None
+    monkeypatch.setenv("HARNESS_COMPILATION_CACHE", str(tmp_path / "cache"))
+    try:
+        assert parallel.enable_compilation_cache() == str(tmp_path / "cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        _train("jit", 1, "mlp_tiny")
+        assert any((tmp_path / "cache").iterdir())  # compiled programs were stored
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
