@@ -54,6 +54,7 @@ class Point:
     data: str = "device"
     steps_per_dispatch: int = 1
     num_devices: int = 0
+    conv: str = "auto"
 
 
 def cpu_info() -> dict:
@@ -102,6 +103,7 @@ def peak_flops(device_kind: str, dtype: str) -> tuple[float | None, str | None]:
 def _config(point: Point) -> Any:
     c = config_lib.base_config()
     c.update(model=point.model, batch_size=point.batch_size, dtype=point.dtype, parallel=point.parallel)
+    c.conv = point.conv
     c.num_devices = point.num_devices
     return c
 
@@ -169,7 +171,8 @@ class _Runner:
         devices = parallel.select_devices(point.num_devices)
         config_lib.validate(self.config, len(devices))
         tx = steps.make_optimizer(self.config, 1000)
-        graphdef, state = steps.init_state(models.create(self.config), tx)
+        self.conv = parallel.conv_impl(point.conv, devices)
+        graphdef, state = steps.init_state(models.create(self.config, self.conv), tx)
         self.par = parallel.Parallel(point.parallel, devices, graphdef, tx)
         rng = np.random.default_rng(seed)
         self.n = max(SYNTHETIC_EXAMPLES, 2 * point.batch_size)
@@ -252,6 +255,7 @@ def measure(
     step_times = time_windows(dispatch, jax.block_until_ready, windows, dispatches_per_window, k, clock)
     devices = runner.par.devices
     figures = {
+        "conv_impl": runner.conv,
         "compile_seconds": compile_seconds,
         "time_to_first_step_seconds": time_to_first_step,
         **summarize(step_times, point.batch_size, len(devices), _chips(devices)),
@@ -277,6 +281,7 @@ def grid(
     data_modes: list[str],
     steps_per_dispatch: list[int],
     num_devices: int = 0,
+    convs: tuple[str, ...] = ("auto",),
 ) -> Iterator[Point]:
     """Every combination, skipping fused steps with host data (not supported)."""
     for m in models_:
@@ -287,7 +292,8 @@ def grid(
                         for k in steps_per_dispatch:
                             if data == "host" and k > 1:
                                 continue
-                            yield Point(m, bs, dt, par, data, k, num_devices)
+                            for conv in convs if m.startswith("cnn") else ("auto",):
+                                yield Point(m, bs, dt, par, data, k, num_devices, conv)
 
 
 def sweep(point: Point, max_batch: int = 65536, patience: int = 2, min_gain: float = 0.05, **kw) -> list[dict]:

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="device", help="device, host or both: device,host")
     b.add_argument("--steps-per-dispatch", default="1", help="comma-separated, e.g. 1,8")
     b.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
+    b.add_argument("--conv", default="auto", help="CNN convolutions: auto, xla, slices (comma-separated)")
     b.add_argument("--windows", type=int, default=7, help="timing windows (≥ 5)")
     b.add_argument("--dispatches", type=int, default=8, help="dispatches per timing window")
     b.add_argument("--config", default="fashion_mnist_cnn", help="tta: the config to train")

@@ -24,6 +24,7 @@ ALLOWED = {
     "schedule": ("constant", "warmup_cosine"),
     "parallel": ("pmap", "jit"),
     "dtype": ("float32", "bfloat16"),
+    "conv": ("auto", "xla", "slices"),
 }
 
 
@@ -35,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "cnn"
     c.mlp_hidden = (128,)  # hidden layer sizes of the `mlp` model
     c.dtype = "float32"  # compute dtype; parameters are always float32
+    c.conv = "auto"  # convolutions: auto (slices on CPU, xla on GPU/TPU), xla, slices
     c.num_epochs = 10
     c.batch_size = 128  # global: split across all devices
     c.optimizer = "adam"

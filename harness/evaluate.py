@@ -28,7 +28,8 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, object
     except json.JSONDecodeError as e:
         raise WorkdirError(f"{config_file}: not valid JSON ({e})") from None
     tx = steps.make_optimizer(config, 1)
-    graphdef, state = steps.init_state(models.create(config), tx)
+    conv = parallel.conv_impl(config.get("conv", "auto"), parallel.select_devices(1))
+    graphdef, state = steps.init_state(models.create(config, conv), tx)
     ckpt = Checkpoints(workdir, create=False, warn=lambda line: print(line, file=sys.stderr))
     try:
         found = ckpt.restore_latest(jax.device_get(state))

@@ -39,11 +39,40 @@ class MLP(nnx.Module):
         return self.out(x).astype(jnp.float32)
 
 
-class CNN(nnx.Module):
-    """conv 3×3 → relu → avg-pool 2 → conv 3×3 → relu → avg-pool 2 → Dense → relu → Dense(10)."""
+CONV_IMPLS = ("xla", "slices")
 
-    def __init__(self, channels: Sequence[int] = (32, 64), dense: int = 256, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.dtype = dtype
+
+def conv_same_slices(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
+    """A stride-1 'SAME' convolution as one matmul over k×k shifted slices (im2col), the same maths as
+    ``nnx.Conv``. XLA:CPU runs its gradients as plain matmuls, much faster than its convolution backward."""
+    n, h, w, c = x.shape
+    kh, kw, _, out = kernel.shape
+    x = x.astype(dtype)
+    padded = jnp.pad(x, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
+    cols = jnp.concatenate([padded[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+    y = cols.reshape(n * h * w, kh * kw * c) @ kernel.astype(dtype).reshape(kh * kw * c, out)
+    return y.reshape(n, h, w, out) + bias.astype(dtype)
+
+
+class CNN(nnx.Module):
+    """conv 3×3 → relu → avg-pool 2 → conv 3×3 → relu → avg-pool 2 → Dense → relu → Dense(10).
+
+    ``conv`` picks how the convolutions run: ``xla`` (``nnx.Conv``: right on GPU/TPU) or ``slices``
+    (:func:`conv_same_slices`, faster on CPU); the parameters are the same either way.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64),
+        dense: int = 256,
+        *,
+        dtype=jnp.float32,
+        conv: str = "xla",
+        rngs: nnx.Rngs,
+    ):
+        if conv not in CONV_IMPLS:
+            raise ValueError(f"conv={conv!r}: allowed: {', '.join(CONV_IMPLS)}")
+        self.dtype, self.conv = dtype, conv
         c1, c2 = channels
         common = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.conv1 = nnx.Conv(1, c1, kernel_size=(3, 3), **common)
@@ -51,30 +80,36 @@ class CNN(nnx.Module):
         self.dense = nnx.Linear(7 * 7 * c2, dense, **common)
         self.out = nnx.Linear(dense, NUM_CLASSES, **common)
 
+    def _conv(self, layer: nnx.Conv, x: jnp.ndarray) -> jnp.ndarray:
+        if self.conv == "xla":
+            return layer(x)
+        return conv_same_slices(x, layer.kernel[...], layer.bias[...], self.dtype)
+
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         x = _scale(x, self.dtype)
-        x = nnx.avg_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
-        x = nnx.avg_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.avg_pool(nnx.relu(self._conv(self.conv1, x)), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.avg_pool(nnx.relu(self._conv(self.conv2, x)), window_shape=(2, 2), strides=(2, 2))
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
         return self.out(x).astype(jnp.float32)
 
 
-def _mlp(config, dtype, rngs):
+def _mlp(config, dtype, conv, rngs):
     return MLP(tuple(config.mlp_hidden), dtype=dtype, rngs=rngs)
 
 
 MODELS: dict[str, Callable] = {
     "mlp": _mlp,
-    "cnn": lambda config, dtype, rngs: CNN(dtype=dtype, rngs=rngs),
-    "mlp_tiny": lambda config, dtype, rngs: MLP((16,), dtype=dtype, rngs=rngs),
-    "cnn_tiny": lambda config, dtype, rngs: CNN((4, 8), 16, dtype=dtype, rngs=rngs),
+    "cnn": lambda config, dtype, conv, rngs: CNN(dtype=dtype, conv=conv, rngs=rngs),
+    "mlp_tiny": lambda config, dtype, conv, rngs: MLP((16,), dtype=dtype, rngs=rngs),
+    "cnn_tiny": lambda config, dtype, conv, rngs: CNN((4, 8), 16, dtype=dtype, conv=conv, rngs=rngs),
 }
 
 
-def create(config, seed: int | None = None) -> nnx.Module:
-    """Builds the model named by ``config.model`` with ``config.dtype`` compute, initialised from the seed."""
+def create(config, conv: str = "xla", seed: int | None = None) -> nnx.Module:
+    """Builds the model named by ``config.model`` with ``config.dtype`` compute, initialised from the seed;
+    ``conv`` is the resolved convolution implementation (see :func:`harness.parallel.conv_impl`)."""
     dtype = jnp.dtype(config.dtype)
-    return MODELS[config.model](config, dtype, nnx.Rngs(config.seed if seed is None else seed))
+    return MODELS[config.model](config, dtype, conv, nnx.Rngs(config.seed if seed is None else seed))
 
 
 def param_count(model: nnx.Module) -> int:

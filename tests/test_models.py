@@ -45,3 +45,48 @@ def test_same_seed_same_init_and_uint8_scaling():
     x = np.full((2, 28, 28, 1), 255, np.uint8)
     np.testing.assert_array_equal(a(x), b(x))
     np.testing.assert_allclose(a(x), a(np.ones((2, 28, 28, 1), np.float32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dtype", "tol"), [(3, "float32", 1e-5), (5, "float32", 1e-5), (3, "bfloat16", 5e-2)]
+)
+def test_slices_convolution_matches_nnx_conv_forward_and_gradients(kernel, dtype, tol):
+    conv = nnx.Conv(6, 5, kernel_size=(kernel, kernel), dtype=jnp.dtype(dtype), rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 6))
+    k, b = conv.kernel[...], conv.bias[...]
+    graphdef, state = nnx.split(conv)
+
+    def ref(x, k, b):  # nnx.Conv itself, with the kernel and bias as inputs (functional form)
+        params = jax.tree.map(lambda v: v, state)
+        nnx.replace_by_pure_dict(params, {"kernel": k, "bias": b})
+        return nnx.merge(graphdef, params)(x).astype(jnp.float32)
+
+    def ours(x, k, b):
+        return models.conv_same_slices(x, k, b, jnp.dtype(dtype)).astype(jnp.float32)
+
+    np.testing.assert_allclose(ours(x, k, b), ref(x, k, b), atol=tol, rtol=tol)
+    loss = lambda f: lambda x, k, b: jnp.sum(jnp.sin(f(x, k, b)))  # noqa: E731
+    for g_ours, g_ref in zip(
+        jax.grad(loss(ours), (0, 1, 2))(x, k, b), jax.grad(loss(ref), (0, 1, 2))(x, k, b), strict=True
+    ):
+        np.testing.assert_allclose(g_ours, g_ref, atol=tol * 10, rtol=tol * 10)
+
+
+def test_cnn_with_either_convolution_is_the_same_model():
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    a, b = models.create(_config("cnn"), "xla"), models.create(_config("cnn"), "slices")
+    assert models.param_count(a) == models.param_count(b)
+    np.testing.assert_allclose(a(x), b(x), atol=1e-4)
+
+
+def test_conv_choice_per_platform():
+    from harness import parallel
+
+    cpu = jax.devices("cpu")
+    assert parallel.conv_impl("auto", cpu[:1]) == "slices" and parallel.conv_impl("auto", cpu[:4]) == "xla"
+    assert parallel.conv_impl("xla", cpu[:1]) == "xla"
+
+    class FakeGpu:
+        platform = "gpu"
+
+    assert parallel.conv_impl("auto", [FakeGpu()]) == "xla"
