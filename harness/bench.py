@@ -55,6 +55,7 @@ class Point:
     steps_per_dispatch: int = 1
     num_devices: int = 0
     conv: str = "auto"
+    micro_batches: int = 0
 
 
 def cpu_info() -> dict:
@@ -103,7 +104,7 @@ def peak_flops(device_kind: str, dtype: str) -> tuple[float | None, str | None]:
 def _config(point: Point) -> Any:
     c = config_lib.base_config()
     c.update(model=point.model, batch_size=point.batch_size, dtype=point.dtype, parallel=point.parallel)
-    c.conv = point.conv
+    c.conv, c.micro_batches = point.conv, point.micro_batches
     c.num_devices = point.num_devices
     return c
 
@@ -172,8 +173,10 @@ class _Runner:
         config_lib.validate(self.config, len(devices))
         tx = steps.make_optimizer(self.config, 1000)
         self.conv = parallel.conv_impl(point.conv, devices)
+        per_device = point.batch_size // len(devices)
+        self.micro = parallel.micro_batches(point.micro_batches, devices, point.model, per_device, self.conv)
         graphdef, state = steps.init_state(models.create(self.config, self.conv), tx)
-        self.par = parallel.Parallel(point.parallel, devices, graphdef, tx)
+        self.par = parallel.Parallel(point.parallel, devices, graphdef, tx, self.micro)
         rng = np.random.default_rng(seed)
         self.n = max(SYNTHETIC_EXAMPLES, 2 * point.batch_size)
         self.host = {
@@ -212,7 +215,7 @@ class _Runner:
     def flops_per_example(self) -> float | None:
         """From XLA's cost analysis of the compiled single step (per-device program ÷ per-device batch). A fused
         ``lax.scan`` program would count its body once, so the single step is always the one analysed."""
-        single = dataclasses.replace(self.point, steps_per_dispatch=1, data="device")
+        single = dataclasses.replace(self.point, steps_per_dispatch=1, data="device", micro_batches=1)
         runner = self if single == self.point else _Runner(single)
         cost = runner.par.lower("train", runner.state, runner.data, runner.par.shard_indices(runner._indices()))
         analysis = cost.compile().cost_analysis()
@@ -256,6 +259,7 @@ def measure(
     devices = runner.par.devices
     figures = {
         "conv_impl": runner.conv,
+        "micro_batches": runner.micro,
         "compile_seconds": compile_seconds,
         "time_to_first_step_seconds": time_to_first_step,
         **summarize(step_times, point.batch_size, len(devices), _chips(devices)),

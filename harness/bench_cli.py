@@ -33,7 +33,7 @@ def _points(args) -> list[bench.Point]:
     from harness.config import ALLOWED
     from harness.models import MODELS
 
-    return list(
+    points = list(
         bench.grid(
             _words(args.models, "models", tuple(MODELS)),
             _ints(args.batch_sizes, "batch-sizes"),
@@ -45,13 +45,14 @@ def _points(args) -> list[bench.Point]:
             tuple(_words(args.conv, "conv", ALLOWED["conv"])),
         )
     )
+    return [dataclasses.replace(p, micro_batches=args.micro_batches) for p in points]
 
 
 def _describe(point: bench.Point, f: dict) -> str:
     mfu = f"{f['mfu']:.1%}" if isinstance(f["mfu"], float) else "n/a"
     return (
         f"{point.model:<8} b{point.batch_size:<6} {point.dtype:<8} {point.parallel:<4} {point.data:<6} "
-        f"{f['conv_impl'] if point.model.startswith('cnn') else '':<6} "
+        f"{f['conv_impl'] + '/' + str(f['micro_batches']) if point.model.startswith('cnn') else '':<8} "
         f"×{point.steps_per_dispatch:<3} {f['examples_per_sec']:>12,.0f} ex/s  "
         f"step {f['step_seconds_median'] * 1e3:8.2f} ms "
         f"(p10 {f['step_seconds_p10'] * 1e3:.2f}, p90 {f['step_seconds_p90'] * 1e3:.2f})  compile "

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps-per-dispatch", default="1", help="comma-separated, e.g. 1,8")
     b.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
     b.add_argument("--conv", default="auto", help="CNN convolutions: auto, xla, slices (comma-separated)")
+    b.add_argument("--micro-batches", type=int, default=0, help="slices of each device's batch (0 = auto)")
     b.add_argument("--windows", type=int, default=7, help="timing windows (≥ 5)")
     b.add_argument("--dispatches", type=int, default=8, help="dispatches per timing window")
     b.add_argument("--config", default="fashion_mnist_cnn", help="tta: the config to train")
@@ -108,7 +109,6 @@ def _train(args, extra: Sequence[str]) -> int:
     from harness.train import train_and_evaluate
 
     config = config_lib.load(args.config, _split_overrides(extra))
-    _auto_cpu_devices(config)  # before jax starts
     workdir = args.workdir or os.path.join("runs", Path(args.config).stem)
     train_and_evaluate(config, workdir)
     return 0
@@ -223,28 +223,6 @@ def _data(args) -> int:
     if not b.is_prepared():
         print(f"to prepare: {datasets.no_data_message(args.dataset).split('; ', 1)[1]}")
     return 0
-
-
-def cpu_split(model: str, batch_size: int, num_devices: int, cores: int) -> int | None:
-    """How many XLA devices to split a CPU into for a run, or None for XLA's default (one).
-
-    XLA:CPU leaves cores idle in the CNN's convolutions; a data-parallel split over 2 devices per core measured
-    1.7–1.9× faster on a 2-core Xeon (README). The MLP only pays the collectives, so it is never split; nor is a
-    run that asks for a device count. The count divides the batch. Only the CPU platform sees the flag.
-    """
-    if num_devices or not model.startswith("cnn"):
-        return None
-    return next((n for n in range(min(2 * cores, 8), 1, -1) if batch_size % n == 0), None)
-
-
-def _auto_cpu_devices(config) -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("HARNESS_CPU_DEVICES") or "xla_force_host_platform_device_count" in flags:
-        return  # an explicit choice wins
-    n = cpu_split(config.model, config.batch_size, config.num_devices, len(os.sched_getaffinity(0)))
-    if n:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-        print(f"on a CPU this run uses {n} XLA devices (HARNESS_CPU_DEVICES=1 turns that off)")
 
 
 def _cpu_devices() -> None:

@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mlp_hidden = (128,)  # hidden layer sizes of the `mlp` model
     c.dtype = "float32"  # compute dtype; parameters are always float32
     c.conv = "auto"  # convolutions: auto (slices on CPU, xla on GPU/TPU), xla, slices
+    c.micro_batches = 0  # slices of each device's batch per step, gradients summed; 0 = auto (4 for a CPU CNN)
     c.num_epochs = 10
     c.batch_size = 128  # global: split across all devices
     c.optimizer = "adam"
@@ -154,6 +155,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.batch_size % num_devices:
         raise ConfigError(
             f"config.batch_size={config.batch_size}: must be divisible by the device count ({num_devices})"
+        )
+    if config.micro_batches < 0 or (config.micro_batches and (config.batch_size // num_devices) % config.micro_batches):
+        raise ConfigError(
+            f"config.micro_batches={config.micro_batches}: must be 0 (auto) or divide the per-device batch "
+            f"({config.batch_size // num_devices})"
         )
     if not all(isinstance(h, int) and h > 0 for h in config.mlp_hidden):
         raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")

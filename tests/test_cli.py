@@ -171,37 +171,3 @@ def test_cpu_devices_knob(tmp_path):
     assert row["fingerprint"]["device_count"] == 3 and "device_count=3" in row["fingerprint"]["xla_flags"]
     p = run_cli(*args, env={"HARNESS_CPU_DEVICES": "many"})
     assert_one_line_error((p.returncode, p.stderr))
-
-
-@pytest.mark.parametrize(
-    ("model", "batch", "num_devices", "cores", "expected"),
-    [
-        ("cnn", 128, 0, 2, 4),
-        ("cnn_tiny", 100, 0, 2, 4),
-        ("cnn", 50, 0, 2, 2),
-        ("cnn", 128, 0, 16, 8),
-        ("cnn", 127, 0, 2, None),
-        ("mlp", 128, 0, 2, None),
-        ("cnn", 128, 1, 2, None),
-    ],
-)
-def test_cpu_split_policy(model, batch, num_devices, cores, expected):
-    assert cli.cpu_split(model, batch, num_devices, cores) == expected
-
-
-def test_train_splits_the_cpu_for_the_cnn_unless_told(tmp_path, tiny_data_dir):
-    base = [
-        "train",
-        "--config",
-        "smoke",
-        "--config.model=cnn_tiny",
-        f"--config.data_dir={tiny_data_dir}",
-        "--config.batch_size=64",
-        "--config.report=false",
-    ]
-    expected = cli.cpu_split("cnn_tiny", 64, 0, len(os.sched_getaffinity(0)))
-    p = run_cli(*base, "--workdir", str(tmp_path / "a"), env={"XLA_FLAGS": ""})
-    assert p.returncode == 0, p.stderr
-    assert f"uses {expected} XLA devices" in p.stdout and f"pmap on {expected} device(s)" in p.stdout
-    p = run_cli(*base, "--workdir", str(tmp_path / "b"), env={"XLA_FLAGS": "", "HARNESS_CPU_DEVICES": "1"})
-    assert p.returncode == 0 and "pmap on 1 device(s)" in p.stdout and "XLA devices" not in p.stdout

@@ -78,3 +78,10 @@ def test_broken_config_file_is_one_line(tmp_path):
     (tmp_path / "none.py").write_text("x = 1\n")
     with pytest.raises(ConfigError, match="AttributeError"):
         config_lib.load(str(tmp_path / "none.py"))
+
+
+def test_micro_batches_must_divide_the_per_device_batch():
+    c = config_lib.load("smoke", ["batch_size=64", "micro_batches=3"])
+    with pytest.raises(ConfigError, match=r"config.micro_batches=3: .*per-device batch \(8\)"):
+        config_lib.validate(c, 8)
+    config_lib.validate(config_lib.load("smoke", ["batch_size=64", "micro_batches=8"]), 8)

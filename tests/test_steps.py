@@ -62,3 +62,28 @@ def test_optimizers_step_and_warmup_starts_at_zero(optimizer):
             for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True)
         )
         assert (delta > 0) == moves, (schedule, delta)
+
+
+@pytest.mark.parametrize("model", ["mlp_tiny", "cnn_tiny"])
+def test_micro_batches_give_the_same_step(model):
+    graphdef, tx, state = _setup(model=model, optimizer="sgd", lr=0.1)
+    data = _data(64)
+    indices = np.array([*range(60), -1, -1, -1, -1], np.int32)  # padding inside the last slice
+    one, sums_one = jax.jit(lambda s: steps.train_step(graphdef, tx, s, data, indices))(state)
+    four, sums_four = jax.jit(lambda s: steps.train_step(graphdef, tx, s, data, indices, micro_batches=4))(state)
+    assert float(sums_four["count"]) == float(sums_one["count"]) == 60
+    np.testing.assert_allclose(sums_four["loss"], sums_one["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_micro_batch_policy():
+    from harness import parallel
+
+    cpu = jax.devices("cpu")
+    assert parallel.micro_batches(0, cpu[:1], "cnn", 128, "slices") == 4
+    assert parallel.micro_batches(0, cpu[:1], "cnn", 6, "slices") == 2
+    assert parallel.micro_batches(0, cpu[:1], "cnn", 128, "xla") == 1
+    assert parallel.micro_batches(0, cpu[:1], "mlp", 128, "slices") == 1
+    assert parallel.micro_batches(0, cpu[:4], "cnn", 32, "slices") == 1
+    assert parallel.micro_batches(8, cpu[:1], "mlp", 128, "xla") == 8
