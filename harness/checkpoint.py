@@ -248,7 +248,8 @@ class Checkpoints:
         problem = self.verify(step)
         if problem:
             raise WorkdirError(f"checkpoint step {step}: {problem}")
-        stored, wanted = self.read_meta(step).get("leaves"), _leaf_specs(target)
+        meta = self.read_meta(step)
+        stored, wanted = meta.get("leaves"), _leaf_specs(target)
         if stored != wanted:
             if stored is None or len(stored) != len(wanted):
                 raise WorkdirError(f"checkpoint step {step} holds another structure: it belongs to another model")
@@ -257,7 +258,7 @@ class Checkpoints:
                 f"checkpoint step {step} holds {got} where this model needs {want}: it belongs to another model"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))  # meta was read above
         try:
             restored = self.manager.restore(step, args=args)
         except Exception as e:  # Orbax raises many types for unreadable data
@@ -265,7 +266,7 @@ class Checkpoints:
         state = jax.tree.map(np.asarray, restored.state)
         if _leaf_specs(state) != wanted:
             raise WorkdirError(f"checkpoint step {step} restored with other shapes or dtypes than it recorded")
-        return state, dict(restored.meta)
+        return state, meta
 
     def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:
         """The newest step that verifies and restores, warning about each one skipped; None when there is none."""
