@@ -11,9 +11,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-import jax
-
-from harness import bench
+from harness import bench, checkpoint
 
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,24 +21,12 @@ KINDS = ("throughput", "sweep_best", "time_to_accuracy")
 
 
 def fingerprint() -> dict:
-    """What made a row: platform, device kind and count, process count, CPU, library versions, XLA flags."""
-    import flax
+    """What made a row: the checkpoint fingerprint (platform, device kind and count, process count, versions)
+    plus jaxlib, the XLA flags and, on a CPU, its model, cores, clock and features."""
     import jaxlib
-    import optax
 
-    device = jax.devices()[0]
-    fp = {
-        "platform": device.platform,
-        "device_kind": device.device_kind,
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
-    if device.platform == "cpu":
+    fp = {**checkpoint.fingerprint(), "jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    if fp["platform"] == "cpu":
         info = bench.cpu_info()
         fp.update(cpu_model=info["model"], cpu_cores=info["cores"], cpu_mhz=info["mhz"], cpu_features=info["flags"])
     return fp
