@@ -212,13 +212,15 @@ class _Runner:
             return "train_batch"
         return "train" if self.point.steps_per_dispatch == 1 else "train_steps"
 
-    def flops_per_example(self) -> float | None:
-        """From XLA's cost analysis of the compiled single step (per-device program ÷ per-device batch). A fused
-        ``lax.scan`` program would count its body once, so the single step is always the one analysed."""
-        single = dataclasses.replace(self.point, steps_per_dispatch=1, data="device", micro_batches=1)
-        runner = self if single == self.point else _Runner(single)
-        cost = runner.par.lower("train", runner.state, runner.data, runner.par.shard_indices(runner._indices()))
-        analysis = cost.compile().cost_analysis()
+    def flops_per_example(self, compiled) -> float | None:
+        """From XLA's cost analysis of the compiled plain step (per-device program ÷ per-device batch). A
+        ``lax.scan`` program (fused steps, micro-batches) counts its body once, so when ``compiled`` is one of those
+        the plain step of the same point is compiled and analysed instead."""
+        if self.name != "train" or self.micro != 1:
+            plain = _Runner(dataclasses.replace(self.point, steps_per_dispatch=1, data="device", micro_batches=1))
+            indices = plain.par.shard_indices(plain._indices())
+            compiled = plain.par.lower("train", plain.state, plain.data, indices).compile()
+        analysis = compiled.cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
         flops = (analysis or {}).get("flops")
         if not flops or flops <= 0:
@@ -267,7 +269,7 @@ def measure(
         "loss_finite": bool(np.isfinite(runner.par.metrics_to_host(dispatch())["loss"])),
         **_memory(devices),
     }
-    flops = runner.flops_per_example()
+    flops = runner.flops_per_example(compiled)
     peak, source = peak_flops(devices[0].device_kind, point.dtype)
     total_peak = peak if devices[0].platform == "cpu" else (peak or 0) * len(devices)
     figures["flops_per_example"] = flops
