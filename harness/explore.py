@@ -121,7 +121,7 @@ def explore(split: Split, names: list[str], name: str, split_name: str, out: Pat
     if len(split) == 0:
         raise HarnessError(f"{name} {split_name} is empty")
     out = Path(out)
-    first = int(np.flatnonzero(split.labels == split.labels[0])[0])
+    first = 0  # the example shown as a matrix and as a vector
     label = names[split.labels[first]]
     members = np.flatnonzero(split.labels == klass)[:96]
     pngs = {
