@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import colab
 from harness.errors import HarnessError, TrainingError
 
 EXIT_USAGE = 2
@@ -27,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a config into a workdir; extra --config.KEY=VALUE override the config")
     t.add_argument("--config", default="default", help="config file, or a shipped config's name (default: default)")
-    t.add_argument("--workdir", help="where metrics, TensorBoard files and checkpoints go (default: runs/CONFIG)")
+    t.add_argument(
+        "--workdir",
+        help="where metrics, TensorBoard files and checkpoints go (default: runs/CONFIG; in Colab with Google "
+        "Drive mounted: MyDrive/harness/runs/CONFIG)",
+    )
 
     e = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint on the full test split")
     e.add_argument("--workdir", required=True)
@@ -109,7 +114,11 @@ def _train(args, extra: Sequence[str]) -> int:
     from harness.train import train_and_evaluate
 
     config = config_lib.load(args.config, _split_overrides(extra))
-    workdir = args.workdir or os.path.join("runs", Path(args.config).stem)
+    workdir = args.workdir
+    if not workdir:
+        workdir = colab.default_workdir(Path(args.config).stem)
+        if colab.drive_root() is not None:
+            print(f"workdir on Google Drive: {workdir} (checkpoints outlive the Colab runtime)")
     train_and_evaluate(config, workdir)
     return 0
 
