@@ -12,6 +12,9 @@ Orbax never deletes here (pitfall: with ``max_to_keep`` it deletes number-named 
 kill mid-delete leaves a listed, unrestorable step). Retention is ours: a step to drop is first renamed out of the
 listing (atomic), then its digest and files are removed. Only steps with a digest — ones this harness wrote — are
 ever deleted.
+
+In a multi-process run every process calls the same methods at the same steps: all of them take part in Orbax's
+save and restore; process 0 alone writes digests and deletes, and the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import orbax.checkpoint as ocp
 
 import harness
 from harness.errors import TrainingError, WorkdirError
+from harness.parallel import barrier, is_main_process
 
 TRASH_PREFIX = ".trash-"
 
@@ -118,8 +122,9 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         except OSError as e:
             raise WorkdirError(f"{self.directory}: cannot use this checkpoint dir ({e.strerror or e})") from None
-        if create:
+        if create and is_main_process():
             self._sweep()
+        barrier("harness-checkpoints-opened")
         good = self.good_steps()
         self.last_saved = good[-1] if good else None
 
@@ -185,7 +190,10 @@ class Checkpoints:
         return WorkdirError(f"cannot write checkpoint step {step} in {self.directory}: {reason}")
 
     def poll(self) -> None:
-        """Records the pending save as soon as it has committed (cheap; the loop calls it after every step)."""
+        """Records the pending save as soon as it has committed (cheap; the loop calls it after every step).
+        Several processes record it at the next save or at the end instead, so that they all wait together."""
+        if jax.process_count() > 1:
+            return
         if self._pending is not None and not self.manager.is_saving_in_progress():
             self.finalize()
 
@@ -201,6 +209,15 @@ class Checkpoints:
         step_dir = self.directory / str(step)
         if not step_dir.is_dir():
             raise WorkdirError(f"checkpoint step {step} did not commit in {self.directory}")
+        if is_main_process():
+            self._record(step, step_dir, summary)
+        barrier(f"harness-checkpoint-{step}-recorded")
+        if not is_main_process():
+            self.manager.reload()  # process 0 may have deleted steps
+        self.last_saved = step
+
+    def _record(self, step: int, step_dir: Path, summary: dict) -> None:
+        """Writes the digest record of the committed ``step``, then applies retention."""
         record = {
             "step": step,
             "files": _file_digests(step_dir),
@@ -211,7 +228,6 @@ class Checkpoints:
             write_atomic(self._digest_path(step), json.dumps(record, indent=1, sort_keys=True) + "\n")
         except OSError as e:
             raise self._write_error(step, e) from None
-        self.last_saved = step
         self._retain()
 
     def _retain(self) -> None:

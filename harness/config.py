@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.parallel = "pmap"
     c.num_devices = 0  # 0 = every local device
+    c.distributed = False  # True: jax.distributed.initialize() first (multi-process; README "Several hosts")
     c.log_every_steps = 100
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch

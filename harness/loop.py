@@ -65,7 +65,7 @@ def evaluate(par: parallel.Parallel, params: Any, data: dict, num_examples: int,
 
 
 class Loop:
-    """Runs epochs from ``progress.step`` to the end, emitting hook events; stops early when ``stop()`` says so."""
+    """Runs epochs from ``progress.step`` to the end, emitting hook events; stops early when ``stop(step)`` says so."""
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class Loop:
         progress: Progress,
         print_fn: Callable[[str], Any],
         clock: Callable[[], float],
-        stop: Callable[[], str | None] = lambda: None,
+        stop: Callable[[int], str | None] = lambda step: None,
     ):
         self.run, self.hooks, self.ckpt, self.p = run, hooks, ckpt, progress
         self.print, self.clock, self.stop = print_fn, clock, stop
@@ -161,7 +161,7 @@ class Loop:
             while len(pending) > MAX_IN_FLIGHT:
                 self._complete(*pending.popleft())
             last_step = s == self.spe - 1
-            if self.stop() and not last_step:
+            if self.stop(self.p.step) and not last_step:
                 self._drain(pending)
                 self.save(state)
                 return state, None
@@ -205,7 +205,7 @@ class Loop:
             if cfg.stop_at_accuracy and row.get("test_accuracy", 0.0) >= cfg.stop_at_accuracy:
                 row["reached_target_epoch"] = epoch + 1
                 break
-            if self.stop() and epoch + 1 < cfg.num_epochs:
+            if self.stop(self.p.step) and epoch + 1 < cfg.num_epochs:
                 return self._stopped()
         evals = [r for r in self.p.history if "test_accuracy" in r]
         summary = {**(evals[-1] if evals else {}), **(row or {}), "step": self.p.step}
@@ -215,6 +215,6 @@ class Loop:
 
     def _stopped(self) -> dict:
         self.ckpt.finalize()
-        summary = {"step": self.p.step, "stopped": self.stop(), "train_seconds": self.p.train_seconds}
+        summary = {"step": self.p.step, "stopped": self.stop(self.p.step), "train_seconds": self.p.train_seconds}
         self.emit("on_train_end", summary)
         return summary

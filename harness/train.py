@@ -48,7 +48,7 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
     devices = parallel.select_devices(config.num_devices)
     config_lib.validate(config, len(devices))
     parallel.enable_compilation_cache()
-    builder, source = datasets.ensure_prepared(config.dataset, config.data_dir or None)
+    builder, source = _prepare_data(config)
     print_fn(f"training {config.model} on {config.dataset} ({source})")
     train, test = datasets.load_split(builder, "train"), datasets.load_split(builder, "test")
     spe = batches.steps_per_epoch(len(train), config.batch_size)
@@ -70,6 +70,16 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
         steps_per_epoch=spe,
     )
     return run, host_state
+
+
+def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Any, str]:
+    """Prepares the dataset (process 0 first, so processes sharing a data dir never write it together)."""
+    if not parallel.is_main_process():
+        parallel.barrier("harness-data-prepared")
+    found = datasets.ensure_prepared(config.dataset, config.data_dir or None)
+    if parallel.is_main_process():
+        parallel.barrier("harness-data-prepared")
+    return found
 
 
 def default_hooks(config, workdir: Path, print_fn: Callable[[str], Any] = print) -> list[hooks_lib.Hook]:
@@ -127,6 +137,10 @@ def _init_from(run: Run, host_state: Any, source: str, print_fn) -> None:
     print_fn(f"initialised the parameters from {source} (step {step}); step, optimizer and data order start anew")
 
 
+def _silent(*args, **kwargs) -> None:
+    """The print function of every process but process 0."""
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -137,11 +151,19 @@ def train_and_evaluate(
     """Trains ``config`` into ``workdir``, resuming from its latest good checkpoint, and returns the summary.
 
     The summary has ``test_accuracy``, ``test_loss``, ``step``…; after SIGTERM/SIGINT it has ``stopped`` instead.
+    With ``config.distributed`` every process of the run calls this with the same arguments; only process 0
+    prints and writes logs, all of them take part in checkpoints (``workdir`` must be on a shared file system).
     """
+    multi_process = parallel.initialize_distributed(config.distributed) and jax.process_count() > 1
+    main = parallel.is_main_process()
+    print_fn = print_fn if main else _silent
     config_lib.validate(config, len(parallel.select_devices(config.num_devices)))
     workdir_lib.check(workdir)
     run, host_state = setup(config, print_fn)
-    workdir = workdir_lib.claim(workdir)
+    if main:
+        workdir_lib.claim(workdir)
+    parallel.barrier("harness-workdir-claimed")
+    workdir = workdir_lib.check(workdir)
     ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)
     try:
         progress = _resume(run, ckpt, host_state, workdir, print_fn)
@@ -149,20 +171,24 @@ def train_and_evaluate(
             progress = Progress()
             if config.init_from:
                 _init_from(run, host_state, config.init_from, print_fn)
-        write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-        write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history))
+        if main:
+            write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+            history = "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history)
+            write_atomic(workdir / "metrics.jsonl", history)
         if progress.step >= config.num_epochs * run.steps_per_epoch:
             print_fn(f"already trained: step {progress.step} of {config.num_epochs} epochs (raise num_epochs to go on)")
             evals = [r for r in progress.history if "test_accuracy" in r]
             return {**(evals[-1] if evals else {}), "step": progress.step, "train_seconds": progress.train_seconds}
-        hooks = default_hooks(config, workdir, print_fn) if hooks is None else list(hooks)
-        with StopSignals() as stop:
-            summary = Loop(run, hooks, ckpt, progress, print_fn, clock, lambda: stop.requested)()
+        if hooks is None:
+            hooks = default_hooks(config, workdir, print_fn) if main else []
+        with StopSignals(multi_process) as stop:
+            summary = Loop(run, list(hooks), ckpt, progress, print_fn, clock, stop.check)()
         if "stopped" not in summary and config.report:
-            ckpt.finalize()
-            from harness.report import write_report
+            ckpt.finalize()  # every process: a save ends with a barrier
+            if main:
+                from harness.report import write_report
 
-            print_fn(f"report: {write_report(workdir)}")
+                print_fn(f"report: {write_report(workdir)}")
         if "stopped" in summary:
             print_fn(
                 f"stopped by {summary['stopped']} at step {summary['step']}; checkpoint saved in {ckpt.directory}. "
