@@ -112,6 +112,32 @@ def _tta_row(args, overrides: list[str]) -> dict:
     return ledger.make_row("time_to_accuracy", point, figures)
 
 
+def _peer_tta_rows(args) -> list[dict]:
+    """The peers' time to ``--target`` with the CNN recipe of ``fashion_mnist_cnn`` (the only one they copy)."""
+    from harness import config as config_lib
+    from harness import peers
+
+    c = config_lib.load(args.config)
+    recipe = (c.model, c.optimizer, c.learning_rate, c.batch_size, c.schedule, c.dtype)
+    if recipe != ("cnn", "adam", 1e-3, 128, "constant", "float32"):
+        print(f"peers: skipped (they copy the CNN recipe of fashion_mnist_cnn only, not {args.config})")
+        return []
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip().isdigit()] or [0]
+    rows = []
+    for name, available, why in peers.available():
+        figures = peers.time_to_accuracy(name, c.dataset, args.target, seeds) if available else None
+        if figures is None:
+            print(f"peer {name}: skipped ({why or 'no time-to-accuracy run'})")
+            continue
+        print(
+            f"peer {name}: time to {args.target}: median {figures['median_seconds']:.1f} s over "
+            f"{figures['reached']}/{figures['seeds']} seeds"
+        )
+        point = {"config": args.config, "target": args.target, "overrides": [], "peer": name}
+        rows.append(ledger.make_row("time_to_accuracy", point, figures, framework=name))
+    return rows
+
+
 def _save(rows: list[dict], args) -> None:
     if args.no_ledger:
         for row in rows:
@@ -142,7 +168,7 @@ def run(args, overrides: list[str]) -> int:
             rows.append(ledger.make_row("sweep_best", dataclasses.asdict(best["point"]), best["figures"]))
         _save(rows, args)
     elif args.action == "tta":
-        _save([_tta_row(args, overrides)], args)
+        _save([_tta_row(args, overrides)] + (_peer_tta_rows(args) if args.peers else []), args)
     elif args.action == "report":
         rows = ledger.read(directory)
         if not rows:

@@ -164,13 +164,14 @@ def leaderboard(rows: list[dict]) -> str:
     if tta:
         lines += [
             "",
-            "| device | config | target | median seconds | spread | seeds reached | commit |",
-            "|" + "---|" * 7,
+            "| device | framework | config | target | median seconds | spread | seeds reached | commit |",
+            "|" + "---|" * 8,
         ]
         for row in tta:
             f = row["figures"]
             lines.append(
-                f"| {_device_name(row['fingerprint'])} | {row['point']['config']} | {row['point']['target']} | "
+                f"| {_device_name(row['fingerprint'])} | {row.get('framework', 'jax')} | {row['point']['config']} | "
+                f"{row['point']['target']} | "
                 f"{f['median_seconds']:.1f} | {f['min_seconds']:.1f}–{f['max_seconds']:.1f} | "
                 f"{f['reached']}/{f['seeds']} | {(row.get('git_commit') or '?')[:9]} |"
             )

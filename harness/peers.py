@@ -1,7 +1,9 @@
 """Peers for `harness bench --peers`: the same models in other frameworks, from ``benchmarks/peers/*.py``.
 
 Each peer module has ``NAME``, ``available() -> (bool, why)`` and ``measure(model, batch_size, windows,
-dispatches_per_window) -> figures``. Peers are optional extras (``pip install -e '.[peers]'``).
+dispatches_per_window) -> figures``; a peer that can also train to a target accuracy has
+``time_to_accuracy(dataset, target, seeds) -> figures`` (the CNN config's recipe).
+Peers are optional extras (``pip install -e '.[peers]'``).
 """
 
 from __future__ import annotations
@@ -34,4 +36,12 @@ def measure(name: str, model: str, batch_size: int, **kw) -> dict:
     for m in modules():
         if name == m.NAME:
             return m.measure(model, batch_size, **kw)
+    raise KeyError(name)
+
+
+def time_to_accuracy(name: str, dataset: str, target: float, seeds: list[int]) -> dict | None:
+    """Peer ``name``'s time to ``target`` test accuracy with the CNN recipe; None when it cannot train to one."""
+    for m in modules():
+        if name == m.NAME:
+            return m.time_to_accuracy(dataset, target, seeds) if hasattr(m, "time_to_accuracy") else None
     raise KeyError(name)

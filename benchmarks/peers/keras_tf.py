@@ -87,3 +87,46 @@ def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
     }
+
+
+def time_to_accuracy(dataset: str, target: float, seeds: list[int], max_epochs: int = 20) -> dict:
+    """`harness bench tta`'s protocol for the CNN config (Adam 1e-3, batch 128, shuffled epochs, the full test
+    split evaluated after every epoch): wall seconds from the start, data loading and graph building included, to
+    the first evaluation at or above ``target``; per seed."""
+    import keras
+
+    from harness.data import datasets
+
+    runs = []
+    for seed in seeds:
+        start = time.perf_counter()
+        builder, _ = datasets.ensure_prepared(dataset)
+        train, test = datasets.load_split(builder, "train"), datasets.load_split(builder, "test")
+        keras.utils.set_random_seed(seed)
+        net = _model("cnn")
+        net.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=False,
+        )
+        run = {"seed": seed, "seconds": None, "epochs": None, "accuracy": None}
+        for epoch in range(1, max_epochs + 1):
+            net.fit(train.images, train.labels, batch_size=128, epochs=1, shuffle=True, verbose=0)
+            _, accuracy = net.evaluate(test.images, test.labels, batch_size=1000, verbose=0)
+            run["accuracy"] = float(accuracy)
+            if accuracy >= target:
+                run.update(seconds=time.perf_counter() - start, epochs=epoch)
+                break
+        runs.append(run)
+    times = sorted(r["seconds"] for r in runs if r["epochs"])
+    nan = float("nan")
+    return {
+        "seeds": len(seeds),
+        "reached": len(times),
+        "median_seconds": float(np.median(times)) if times else nan,
+        "min_seconds": times[0] if times else nan,
+        "max_seconds": times[-1] if times else nan,
+        "runs": runs,
+        "keras": keras.__version__,
+    }
