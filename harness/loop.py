@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 
 from harness import parallel
@@ -76,6 +77,7 @@ class Loop:
         print_fn: Callable[[str], Any],
         clock: Callable[[], float],
         stop: Callable[[int], str | None] = lambda step: None,
+        started: float | None = None,
     ):
         self.run, self.hooks, self.ckpt, self.p = run, hooks, ckpt, progress
         self.print, self.clock, self.stop = print_fn, clock, stop
@@ -83,6 +85,8 @@ class Loop:
         self.window_sums = collections.Counter(progress.window_sums)
         self.window_start = clock()
         self.examples_here = 0.0
+        self.started = clock() if started is None else started  # for the time to the first finished step
+        self.first_step_seconds: float | None = None
 
     def emit(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -155,6 +159,9 @@ class Loop:
         for s in range(first, self.spe):
             indices = par.shard_indices(batches.batch_indices(cfg.seed, epoch, s, cfg.batch_size, run.num_train))
             state, device_sums = par.train_step(state, run.train, indices)
+            if self.first_step_seconds is None:  # one wait, once per run
+                jax.block_until_ready(device_sums)
+                self.first_step_seconds = self.clock() - self.started
             self.p.step += 1
             self.ckpt.poll()
             pending.append((self.p.step, device_sums))
@@ -210,6 +217,7 @@ class Loop:
         evals = [r for r in self.p.history if "test_accuracy" in r]
         summary = {**(evals[-1] if evals else {}), **(row or {}), "step": self.p.step}
         summary.update(train_seconds=self.p.train_seconds, compilations=dict(run.par.traces))
+        summary["time_to_first_step_seconds"] = self.first_step_seconds
         self.emit("on_train_end", summary)
         return summary
 

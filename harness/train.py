@@ -150,10 +150,12 @@ def train_and_evaluate(
 ) -> dict:
     """Trains ``config`` into ``workdir``, resuming from its latest good checkpoint, and returns the summary.
 
-    The summary has ``test_accuracy``, ``test_loss``, ``step``…; after SIGTERM/SIGINT it has ``stopped`` instead.
+    The summary has ``test_accuracy``, ``test_loss``, ``step``, ``time_to_first_step_seconds`` (from this call to
+    the first finished step: data, compilation and one step)…; after SIGTERM/SIGINT it has ``stopped`` instead.
     With ``config.distributed`` every process of the run calls this with the same arguments; only process 0
     prints and writes logs, all of them take part in checkpoints (``workdir`` must be on a shared file system).
     """
+    started = clock()
     multi_process = parallel.initialize_distributed(config.distributed) and jax.process_count() > 1
     main = parallel.is_main_process()
     print_fn = print_fn if main else _silent
@@ -182,7 +184,7 @@ def train_and_evaluate(
         if hooks is None:
             hooks = default_hooks(config, workdir, print_fn) if main else []
         with StopSignals(multi_process) as stop:
-            summary = Loop(run, list(hooks), ckpt, progress, print_fn, clock, stop.check)()
+            summary = Loop(run, list(hooks), ckpt, progress, print_fn, clock, stop.check, started)()
         if "stopped" not in summary and config.report:
             ckpt.finalize()  # every process: a save ends with a barrier
             if main:

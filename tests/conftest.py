@@ -9,6 +9,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HARNESS_COMPILATION_CACHE", __import__("tempfile").mkdtemp(prefix="harness-jax-cache-"))
+os.environ.setdefault("HARNESS_DATA_CACHE", __import__("tempfile").mkdtemp(prefix="harness-data-cache-"))
 
 import numpy as np
 import pytest

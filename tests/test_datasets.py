@@ -143,3 +143,24 @@ def test_download_with_wrong_checksum_is_one_line(local_site, tmp_path):
     with pytest.raises(DataError, match="download of mnist failed") as e:
         datasets.ensure_prepared("mnist", str(tmp_path / "tfds"))
     assert "\n" not in str(e.value)
+
+
+def test_decoded_splits_are_cached_and_a_bad_cache_is_decoded_again(tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA_CACHE", str(tmp_path / "cache"))
+    b = datasets.builder("mnist", tiny_data_dir)
+    first = datasets.load_split(b, "train")
+    (cached,) = (tmp_path / "cache").glob("mnist-3.1.0-train-*.npz")
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the cache holds the split")
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "_decode_split", no_decoding)
+        again = datasets.load_split(b, "train")
+    assert np.array_equal(again.images, first.images) and np.array_equal(again.labels, first.labels)
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated: decoded again, and the cache rewritten
+    assert np.array_equal(datasets.load_split(b, "train").images, first.images)
+    assert cached.stat().st_size > 1000
+    monkeypatch.setenv("HARNESS_DATA_CACHE", "off")
+    cached.unlink()
+    assert np.array_equal(datasets.load_split(b, "train").labels, first.labels) and not cached.exists()

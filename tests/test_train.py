@@ -21,6 +21,7 @@ def test_end_to_end_on_imported_idx_data(tiny_config, tmp_path, parallel, model)
     assert summary["test_examples"] == 100  # the whole test split, last batch padded (100 = 64 + 36)
     assert summary["compilations"] == {"train": 1, "eval": 1}
     assert any(line.startswith("compiling… ") for line in lines)
+    assert 0 < summary["time_to_first_step_seconds"] < 120  # set once, from the call to the first finished step
     rows = _rows(tmp_path)
     evals = [r for r in rows if "test_accuracy" in r]
     trains = [r for r in rows if "test_accuracy" not in r]

@@ -14,9 +14,11 @@ by tfds when the machine is online.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import socket
 import urllib.parse
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +194,56 @@ def ensure_prepared(name: str, data_dir: str | None = None) -> tuple[tfds.core.D
     return b, f"downloaded by tfds, prepared into {b.data_dir}"
 
 
-def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
-    """Reads a whole split through ``as_data_source`` into host arrays."""
-    if split not in ("train", "test"):
-        raise DataError(f"unknown split {split!r}; allowed: train, test")
+def _decode_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
     source = b.as_data_source(split=split)
     examples = source.__getitems__(list(range(len(source))))
     images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
     labels = np.asarray([e["label"] for e in examples], np.int32)
     return Split(images.reshape(-1, *tfds_mnist.MNIST_IMAGE_SHAPE), labels)
+
+
+def _cache_path(b: tfds.core.DatasetBuilder, split: str) -> Path | None:
+    """Where the decoded ``split`` is cached: ``HARNESS_DATA_CACHE`` (default ``~/.cache/harness/data``; ``off``
+    disables), named after the split's ArrayRecord files (path, size, mtime), so a re-prepared split misses it."""
+    choice = os.environ.get("HARNESS_DATA_CACHE", "").strip()
+    if choice.lower() in ("0", "off", "false", "no"):
+        return None
+    files = sorted(Path(b.data_dir).glob(f"{b.name}-{split}.array_record*"))
+    if not files:
+        return None
+    key = hashlib.sha256("|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "data"
+    return (Path(choice).expanduser() if choice else base) / f"{b.name}-{b.version}-{split}-{key.hexdigest()[:16]}.npz"
+
+
+def _read_cache(path: Path, count: int) -> Split | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    ok = images.dtype == np.uint8 and images.shape == (count, *tfds_mnist.MNIST_IMAGE_SHAPE)
+    ok = ok and labels.dtype == np.int32 and labels.shape == (count,)
+    return Split(images, labels) if ok and np.all((labels >= 0) & (labels < 10)) else None
+
+
+def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
+    """Reads a whole split through ``as_data_source`` into host arrays, once: later calls read the decoded arrays
+    from a cache file (47 MB for Fashion-MNIST's train split: ~0.1 s instead of ~2 s of per-record decoding)."""
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; allowed: train, test")
+    path = _cache_path(b, split)
+    if path is not None and path.is_file():
+        cached = _read_cache(path, len(b.as_data_source(split=split)))
+        if cached is not None:
+            return cached
+    data = _decode_split(b, split)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, images=data.images, labels=data.labels)
+            tmp.replace(path)
+        except OSError:
+            pass  # an unwritable cache only costs the decoding next time
+    return data
