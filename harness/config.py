@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mlp_hidden = (128,)  # hidden layer sizes of the `mlp` model
     c.dtype = "float32"  # compute dtype; parameters are always float32
     c.conv = "auto"  # convolutions: auto (slices on CPU, xla on GPU/TPU), xla, slices
+    c.steps_per_dispatch = 0  # train steps run by one device call; 0 = auto (16 on one CPU device, else 1)
     c.micro_batches = 0  # slices of each device's batch per step, gradients summed; 0 = auto (4 for a CPU CNN)
     c.num_epochs = 10
     c.batch_size = 128  # global: split across all devices
@@ -50,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = "pmap"
     c.num_devices = 0  # 0 = every local device
     c.distributed = False  # True: jax.distributed.initialize() first (multi-process; README "Several hosts")
-    c.log_every_steps = 100
+    c.log_every_steps = 128
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
     c.keep_checkpoints = 2  # the latest N good checkpoints …
@@ -139,6 +140,18 @@ def _positive(config, key: str, kind=(int,)) -> None:
         raise ConfigError(f"config.{key}={value!r}: must be a positive finite number")
 
 
+def _steps_per_dispatch(config: ml_collections.ConfigDict) -> None:
+    k = config.steps_per_dispatch
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"config.steps_per_dispatch={k!r}: must be 0 (auto) or a positive integer")
+    for key in ("log_every_steps", "checkpoint_every_steps"):
+        if k > 1 and config[key] % k:
+            raise ConfigError(
+                f"config.steps_per_dispatch={k}: must divide config.{key} ({config[key]}), so that rows and "
+                "checkpoints fall between dispatches"
+            )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks every key against what is allowed; ``num_devices`` is the device count the run will use."""
     from harness.models import MODELS  # models import flax: keep config loading light
@@ -162,6 +175,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"config.micro_batches={config.micro_batches}: must be 0 (auto) or divide the per-device batch "
             f"({config.batch_size // num_devices})"
         )
+    _steps_per_dispatch(config)
     if not all(isinstance(h, int) and h > 0 for h in config.mlp_hidden):
         raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")
     if not 0 <= config.warmup_epochs < config.num_epochs:

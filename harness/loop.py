@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from harness import parallel
 from harness.checkpoint import Checkpoints, fingerprint
@@ -33,6 +34,7 @@ class Run:
     num_train: int
     num_test: int
     steps_per_epoch: int
+    steps_per_dispatch: int = 1
 
 
 @dataclasses.dataclass
@@ -149,26 +151,46 @@ class Loop:
 
     # ---- epochs --------------------------------------------------------------------------------------------
 
+    def _steps_here(self, s: int) -> int:
+        """Steps in the dispatch starting at step ``s`` of the epoch: ``steps_per_dispatch`` when the global step is
+        a multiple of it and the epoch has that many left, else 1 — a pure function of the position, so a resumed
+        run runs every step in the same program as a straight one (rows and checkpoints fall on multiples)."""
+        k = self.run.steps_per_dispatch
+        return k if k > 1 and self.p.step % k == 0 and s + k <= self.spe else 1
+
+    def _dispatch(self, state: Any, epoch: int, s: int, k: int) -> tuple[Any, Any]:
+        """Runs steps ``s`` … ``s + k - 1`` of ``epoch`` in one device call; returns the state and the summed sums."""
+        run, par, cfg = self.run, self.run.par, self.run.config
+        order = [batches.batch_indices(cfg.seed, epoch, i, cfg.batch_size, run.num_train) for i in range(s, s + k)]
+        if k == 1:
+            state, device_sums = par.train_step(state, run.train, par.shard_indices(order[0]))
+        else:
+            state, device_sums = par.train_steps(state, run.train, par.shard_indices(np.stack(order)))
+        if self.first_step_seconds is None:  # one wait, once per run
+            jax.block_until_ready(device_sums)
+            self.first_step_seconds = self.clock() - self.started
+        return state, device_sums
+
     def epoch(self, state: Any, epoch: int) -> tuple[Any, dict | None]:
         """Trains the rest of ``epoch``; returns the state and the epoch's row (None when stopped early)."""
-        run, par, cfg = self.run, self.run.par, self.run.config
+        run, cfg = self.run, self.run.config
         first = self.p.step - epoch * self.spe
         self.emit("on_epoch_start", epoch, run.num_train, min(first * cfg.batch_size, run.num_train))
         start, pending = self.clock(), collections.deque()
         self.examples_here = 0.0
-        for s in range(first, self.spe):
-            indices = par.shard_indices(batches.batch_indices(cfg.seed, epoch, s, cfg.batch_size, run.num_train))
-            state, device_sums = par.train_step(state, run.train, indices)
-            if self.first_step_seconds is None:  # one wait, once per run
-                jax.block_until_ready(device_sums)
-                self.first_step_seconds = self.clock() - self.started
-            self.p.step += 1
+        s = first
+        while s < self.spe:
+            k = self._steps_here(s)
+            state, device_sums = self._dispatch(state, epoch, s, k)
+            s += k
+            self.p.step += k
             self.ckpt.poll()
             pending.append((self.p.step, device_sums))
             while len(pending) > MAX_IN_FLIGHT:
                 self._complete(*pending.popleft())
-            last_step = s == self.spe - 1
-            if self.stop(self.p.step) and not last_step:
+            last_step = s == self.spe
+            stopped = [self.stop(step) for step in range(self.p.step - k + 1, self.p.step + 1)]  # asked for each
+            if any(stopped) and not last_step:
                 self._drain(pending)
                 self.save(state)
                 return state, None
@@ -193,9 +215,12 @@ class Loop:
         self.emit("on_train_start", {"config": cfg, "devices": run.par.num_devices, "step": self.p.step})
         state, row = run.state, None
         indices = run.par.shard_indices(batches.eval_indices(0, cfg.batch_size, run.num_test))
-        seconds = run.par.compile(state, run.train, run.test, indices)
+        k = run.steps_per_dispatch
+        seconds = run.par.compile(state, run.train, run.test, indices, k)
+        fused = f", {k} steps per dispatch" if k > 1 else ""
         self.print(
-            f"compiling… {seconds:.1f} s (train and eval steps, {run.par.kind} on {run.par.num_devices} device(s))"
+            f"compiling… {seconds:.1f} s (train and eval steps, {run.par.kind} on {run.par.num_devices} device(s)"
+            f"{fused})"
         )
         self.window_start = self.clock()
         for epoch in range(self.p.step // self.spe, cfg.num_epochs):

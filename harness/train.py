@@ -58,6 +58,9 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
     micro = parallel.micro_batches(config.micro_batches, devices, config.model, per_device, conv)
     graphdef, state = steps.init_state(models.create(config, conv), tx)
     par = parallel.Parallel(config.parallel, devices, graphdef, tx, micro)
+    fused = parallel.steps_per_dispatch(
+        config.steps_per_dispatch, devices, config.log_every_steps, config.checkpoint_every_steps
+    )
     host_state = jax.device_get(state)
     run = Run(
         config=config,
@@ -68,6 +71,7 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
         num_train=len(train),
         num_test=len(test),
         steps_per_epoch=spe,
+        steps_per_dispatch=fused,
     )
     return run, host_state
 

@@ -85,3 +85,29 @@ def test_micro_batches_must_divide_the_per_device_batch():
     with pytest.raises(ConfigError, match=r"config.micro_batches=3: .*per-device batch \(8\)"):
         config_lib.validate(c, 8)
     config_lib.validate(config_lib.load("smoke", ["batch_size=64", "micro_batches=8"]), 8)
+
+
+def test_steps_per_dispatch_must_divide_the_log_and_checkpoint_intervals():
+    c = config_lib.base_config()
+    c.update(steps_per_dispatch=16, log_every_steps=100)
+    with pytest.raises(ConfigError, match=r"steps_per_dispatch=16: must divide config.log_every_steps \(100\)"):
+        config_lib.validate(c, 1)
+    c.update(log_every_steps=128, checkpoint_every_steps=24)
+    with pytest.raises(ConfigError, match="checkpoint_every_steps"):
+        config_lib.validate(c, 1)
+    c.update(steps_per_dispatch=-1)
+    with pytest.raises(ConfigError, match="0 \\(auto\\) or a positive integer"):
+        config_lib.validate(c, 1)
+
+
+def test_steps_per_dispatch_auto_policy():
+    import jax
+
+    from harness import parallel
+
+    one, eight = jax.devices()[:1], jax.devices()[:8]
+    assert parallel.steps_per_dispatch(0, one, 128, 0) == 16
+    assert parallel.steps_per_dispatch(0, one, 100, 0) == 4
+    assert parallel.steps_per_dispatch(0, one, 128, 24) == 8
+    assert parallel.steps_per_dispatch(0, eight, 128, 0) == 1
+    assert parallel.steps_per_dispatch(2, eight, 128, 0) == 2
