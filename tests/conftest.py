@@ -53,6 +53,14 @@ def write_tiny_idx(directory, num_train: int = 512, num_test: int = 100, seed: i
     return arrays
 
 
+def prepared_mnist(tmp_path_factory, num_train: int, num_test: int, seed: int) -> str:
+    """A new tfds data dir holding a tiny dataset of these sizes prepared as ``mnist``."""
+    idx_dir, data_dir = tmp_path_factory.mktemp("idx"), tmp_path_factory.mktemp("tfds")
+    write_tiny_idx(idx_dir, num_train=num_train, num_test=num_test, seed=seed)
+    datasets.prepare_from_dir("mnist", idx_dir, str(data_dir))
+    return str(data_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_idx_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_idx")

@@ -18,10 +18,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import final_checkpoint, write_tiny_idx
+from conftest import final_checkpoint, prepared_mnist
 
 from harness import config as config_lib
-from harness.data import datasets
 from harness.errors import ConfigError
 from harness.train import train_and_evaluate
 
@@ -30,10 +29,7 @@ TIMEOUT = 240  # seconds for any one run (they take ~15 s here)
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    idx_dir, data_dir = tmp_path_factory.mktemp("didx"), tmp_path_factory.mktemp("dtfds")
-    write_tiny_idx(idx_dir, num_train=512, num_test=100, seed=5)
-    datasets.prepare_from_dir("mnist", idx_dir, str(data_dir))
-    return str(data_dir)
+    return prepared_mnist(tmp_path_factory, num_train=512, num_test=100, seed=5)
 
 
 def _overrides(data_dir: str, **more) -> dict:

@@ -15,20 +15,16 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import final_checkpoint, write_tiny_idx
+from conftest import final_checkpoint, prepared_mnist
 
 from harness.checkpoint import Checkpoints
-from harness.data import datasets
 
 EVERY = 4  # checkpoint interval (steps); 2048 examples / batch 32 = 64 steps an epoch
 
 
 @pytest.fixture(scope="module")
 def kill_data_dir(tmp_path_factory):
-    idx_dir, data_dir = tmp_path_factory.mktemp("kidx"), tmp_path_factory.mktemp("ktfds")
-    write_tiny_idx(idx_dir, num_train=2048, num_test=64, seed=3)
-    datasets.prepare_from_dir("mnist", idx_dir, str(data_dir))
-    return str(data_dir)
+    return prepared_mnist(tmp_path_factory, num_train=2048, num_test=64, seed=3)
 
 
 def _args(workdir, data_dir):
