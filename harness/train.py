@@ -164,12 +164,11 @@ def train_and_evaluate(
     main = parallel.is_main_process()
     print_fn = print_fn if main else _silent
     config_lib.validate(config, len(parallel.select_devices(config.num_devices)))
-    workdir_lib.check(workdir)
+    workdir = workdir_lib.check(workdir)  # resolved; nothing created yet
     run, host_state = setup(config, print_fn)
     if main:
         workdir_lib.claim(workdir)
     parallel.barrier("harness-workdir-claimed")
-    workdir = workdir_lib.check(workdir)
     ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)
     try:
         progress = _resume(run, ckpt, host_state, workdir, print_fn)
