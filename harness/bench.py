@@ -52,7 +52,7 @@ class Point:
     dtype: str = "float32"
     parallel: str = "pmap"
     data: str = "device"
-    steps_per_dispatch: int = 1
+    steps_per_dispatch: int = 0  # 0 = auto: what `harness train` picks on these devices (see resolve)
     num_devices: int = 0
     conv: str = "auto"
     micro_batches: int = 0
@@ -99,6 +99,19 @@ def peak_flops(device_kind: str, dtype: str) -> tuple[float | None, str | None]:
         if name in kind and peak_dtype == dtype:
             return peak, source
     return None, None
+
+
+def resolve(point: Point) -> Point:
+    """``point`` with ``steps_per_dispatch=0`` (auto) replaced by the count ``harness train`` runs with the default
+    logging and checkpoint intervals on these devices (1 with host data), so the default point is training's path."""
+    if point.steps_per_dispatch:
+        return point
+    if point.data == "host":
+        return dataclasses.replace(point, steps_per_dispatch=1)
+    c = config_lib.base_config()
+    devices = parallel.select_devices(point.num_devices)
+    k = parallel.steps_per_dispatch(0, devices, c.log_every_steps, c.checkpoint_every_steps)
+    return dataclasses.replace(point, steps_per_dispatch=k)
 
 
 def _config(point: Point) -> Any:
@@ -239,6 +252,7 @@ def measure(
     if windows < 5:
         raise ConfigError(f"windows={windows}: at least 5 timing windows are needed for p10/p90")
     start = clock()
+    point = resolve(point)
     runner = _Runner(point)
     args = runner.args()
     t0 = clock()

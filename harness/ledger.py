@@ -1,4 +1,5 @@
-"""The benchmark ledger: one JSON line per measured point, a file per accelerator kind under benchmarks/results/,
+"""The benchmark ledger: one JSON line per measured point, a file per accelerator kind in the ledger directory
+(``--ledger``, by default ``benchmarks/results`` of the checkout or of the current directory: :mod:`harness.paths`),
 a Markdown leaderboard with plots, and a regression check against the stored baseline of the same machine."""
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from harness import bench, checkpoint
+from harness import bench, checkpoint, paths
 
 SCHEMA_VERSION = 1
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 REQUIRED = {"schema": int, "kind": str, "timestamp": str, "fingerprint": dict, "point": dict, "figures": dict}
 KINDS = ("throughput", "sweep_best", "time_to_accuracy")
 
@@ -38,12 +37,16 @@ def machine_key(fp: dict) -> tuple:
 
 
 def git_commit() -> str | None:
-    """HEAD of the harness checkout, with ``+dirty`` when it has uncommitted changes; None outside git."""
+    """HEAD of the checkout harness runs from, with ``+dirty`` when it has uncommitted changes; None for an
+    installed wheel (or outside git)."""
+    root = paths.PACKAGE_ROOT.parent
+    if not paths.is_checkout(root):
+        return None
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
@@ -92,12 +95,12 @@ def validate(row: dict) -> list[str]:
     return problems
 
 
-def ledger_path(device_kind: str, directory: Path = RESULTS_DIR) -> Path:
-    """``benchmarks/results/<device kind>.jsonl``."""
+def ledger_path(device_kind: str, directory: Path) -> Path:
+    """``DIRECTORY/<device kind>.jsonl`` (the directory: ``--ledger``, see :func:`paths.default_ledger_dir`)."""
     return Path(directory) / (re.sub(r"[^a-z0-9]+", "-", device_kind.lower()).strip("-") + ".jsonl")
 
 
-def append(rows: list[dict], directory: Path = RESULTS_DIR) -> list[Path]:
+def append(rows: list[dict], directory: Path) -> list[Path]:
     """Appends rows to the ledger file of their device kind."""
     written = []
     for row in rows:
@@ -109,7 +112,7 @@ def append(rows: list[dict], directory: Path = RESULTS_DIR) -> list[Path]:
     return sorted(set(written))
 
 
-def read(directory: Path = RESULTS_DIR) -> list[dict]:
+def read(directory: Path) -> list[dict]:
     """Every valid row of every ledger file in ``directory``."""
     rows = []
     for path in sorted(Path(directory).glob("*.jsonl")):

@@ -3,20 +3,21 @@
 Each peer module has ``NAME``, ``available() -> (bool, why)`` and ``measure(model, batch_size, windows,
 dispatches_per_window) -> figures``; a peer that can also train to a target accuracy has
 ``time_to_accuracy(dataset, target, seeds) -> figures`` (the CNN config's recipe).
-Peers are optional extras (``pip install -e '.[peers]'``).
+Their frameworks are optional extras (``pip install 'harness[peers]'``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from types import ModuleType
 
-PEERS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "peers"
+from harness import paths
+
+PEERS_DIR = paths.shipped("peers")  # benchmarks/peers of the checkout, packaged in every wheel
 
 
 def modules() -> list[ModuleType]:
-    """The peer modules shipped in ``benchmarks/peers`` (the project's own code)."""
+    """The peer modules shipped in ``benchmarks/peers`` (the project's own code, in every wheel)."""
     found = []
     for path in sorted(PEERS_DIR.glob("*.py")):
         spec = importlib.util.spec_from_file_location(f"harness_peer_{path.stem}", path)

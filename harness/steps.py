@@ -41,7 +41,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
         lr = optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=config.learning_rate,
-            warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+            warmup_steps=round(config.warmup_fraction * config.num_epochs * steps_per_epoch),
             decay_steps=config.num_epochs * steps_per_epoch,
         )
     if config.optimizer == "sgd":

@@ -31,7 +31,7 @@ def test_debian_files_prepare_into_the_full_splits(real_data_dir):
 
 
 def test_one_epoch_of_mlp_reaches_084_on_the_full_test_split(real_data_dir, tmp_path):
-    c = config_lib.load("fashion_mnist_mlp", [f"data_dir={real_data_dir}", "num_epochs=1", "warmup_epochs=0"])
+    c = config_lib.load("fashion_mnist_mlp", [f"data_dir={real_data_dir}", "num_epochs=1", "warmup_fraction=0"])
     summary = train.train_and_evaluate(c, tmp_path, print_fn=lambda _: None)
     assert summary["test_examples"] == 10000
     assert summary["test_accuracy"] >= 0.84, summary

@@ -55,7 +55,7 @@ def test_optimizers_step_and_warmup_starts_at_zero(optimizer):
     data = _data(64)
     indices = np.arange(64, dtype=np.int32)
     for schedule, moves in (("constant", True), ("warmup_cosine", False)):  # warmup: the first lr is 0
-        graphdef, tx, state = _setup(optimizer=optimizer, schedule=schedule, warmup_epochs=1.0)
+        graphdef, tx, state = _setup(optimizer=optimizer, schedule=schedule, warmup_fraction=0.5)
         new, _ = jax.jit(lambda s, g=graphdef, t=tx: steps.train_step(g, t, s, data, indices))(state)
         delta = max(
             float(np.max(np.abs(a - b)))

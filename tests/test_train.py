@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from harness import train
+from harness import cli, train
+from harness import config as config_lib
 from harness.data import datasets
-from harness.errors import TrainingError
+from harness.errors import ConfigError, TrainingError
 
 
 def _rows(workdir):
@@ -62,3 +63,30 @@ def test_evaluate_matches_training_summary(tiny_config, tmp_path):
         probs = [p for _, p in r["top3"]]
         assert probs == sorted(probs, reverse=True) and r["predicted"] == r["top3"][0][0]
         assert r["true"] in datasets.class_names("fashion_mnist")
+
+
+SHIPPED = sorted(p.stem for p in config_lib.CONFIGS_DIR.glob("*.py"))
+FIRST_OVERRIDES = ["batch_size=64", "learning_rate=0.01", "dtype=bfloat16", "parallel=jit", "seed=7"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_trains_one_epoch_with_num_epochs_alone(name, tiny_data_dir, tmp_path, capsys):
+    workdir = tmp_path / name
+    args = ["train", "--config", name, "--workdir", str(workdir), "--config.num_epochs=1"]
+    status = cli.main([*args, f"--config.data_dir={tiny_data_dir}", "--config.report=false"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    evals = [r for r in _rows(workdir) if "test_accuracy" in r]
+    assert [r["epoch"] for r in evals] == [1], out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_accepts_the_first_overrides_users_make(name):
+    for override in FIRST_OVERRIDES:
+        config_lib.validate(config_lib.load(name, ["num_epochs=1", override]), num_devices=8)
+    config_lib.validate(config_lib.load(name, ["num_epochs=3", *FIRST_OVERRIDES]), num_devices=8)
+
+
+def test_warmup_fraction_outside_0_1_is_refused():
+    with pytest.raises(ConfigError, match=r"warmup_fraction=1.0: must be in \[0, 1\)"):
+        config_lib.validate(config_lib.load("fashion_mnist_mlp", ["warmup_fraction=1"]), 1)
