@@ -38,9 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
-    pr = sub.add_parser("predict", help="classify test images by index with a workdir's latest checkpoint")
+    pr = sub.add_parser("predict", help="classify test images (--index) or your own files (--image)")
     pr.add_argument("--workdir", required=True)
-    pr.add_argument("--index", type=int, nargs="+", required=True, metavar="I")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, nargs="+", metavar="I", help="test-split images by index")
+    which.add_argument(
+        "--image", nargs="+", metavar="FILE", help="pictures (PNG, JPEG, …) or .npy arrays, converted to 28×28"
+    )
+    pr.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        help="--image: make a light background dark like the datasets' (default auto: when the border is light)",
+    )
     pr.add_argument("--json", action="store_true", help="print JSON")
 
     c = sub.add_parser("checkpoints", help="list a workdir's checkpoints, or --inspect one")
@@ -138,16 +147,25 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from harness.evaluate import predict
+    from harness.evaluate import predict, predict_images
 
-    rows = predict(args.workdir, args.index)
+    if args.index is not None and args.invert is not None:
+        raise HarnessError("--invert applies to --image files only (test-split images are in the dataset's format)")
+    if args.image is not None:
+        rows = predict_images(args.workdir, args.image, args.invert or "auto")
+    else:
+        rows = predict(args.workdir, args.index)
     if args.json:
         print(json.dumps(rows))
         return 0
     for r in rows:
         top3 = ", ".join(f"{name} {p:.3f}" for name, p in r["top3"])
-        mark = "✓" if r["correct"] else "✗"
-        print(f"#{r['index']}: true {r['true']!r}, predicted {r['predicted']!r} {mark}  top-3: {top3}")
+        if "file" in r:
+            note = "  (inverted)" if r["inverted"] else ""
+            print(f"{r['file']}: predicted {r['predicted']!r}  top-3: {top3}{note}")
+        else:
+            mark = "✓" if r["correct"] else "✗"
+            print(f"#{r['index']}: true {r['true']!r}, predicted {r['predicted']!r} {mark}  top-3: {top3}")
     return 0
 
 

@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from harness import images as image_files
 from harness import models, parallel, steps
 from harness.checkpoint import Checkpoints
 from harness.data import datasets
@@ -60,6 +61,11 @@ def probabilities(graphdef, params, images: np.ndarray, batch: int = 1000) -> np
     )
 
 
+def top3(p: np.ndarray, names: list[str]) -> list[list]:
+    """The three likeliest classes of one probability vector as ``[[name, probability], …]``, likeliest first."""
+    return [[names[k], float(p[k])] for k in np.argsort(-p)[:3]]
+
+
 def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     """For each test-split index: the true label, the predicted class and the top-3 probabilities."""
     config, graphdef, params, _ = load_trained(workdir)
@@ -72,14 +78,25 @@ def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     probs = probabilities(graphdef, params, test.images[indices])
     rows = []
     for i, p in zip(indices, probs, strict=True):
-        top = np.argsort(-p)[:3]
-        rows.append(
-            {
-                "index": i,
-                "true": names[test.labels[i]],
-                "predicted": names[top[0]],
-                "correct": bool(top[0] == test.labels[i]),
-                "top3": [[names[k], float(p[k])] for k in top],
-            }
-        )
+        top = top3(p, names)
+        true = names[test.labels[i]]
+        rows.append({"index": i, "true": true, "predicted": top[0][0], "correct": top[0][0] == true, "top3": top})
+    return rows
+
+
+def predict_images(workdir: str | Path, paths: list[str | Path], invert: str = "auto") -> list[dict]:
+    """For each picture or .npy file: the predicted class and the top-3 probabilities (see ``harness.images``).
+
+    Every file is read before the checkpoint is loaded, so a bad file fails fast.
+    """
+    grays = [image_files.load(path) for path in paths]
+    config, graphdef, params, _ = load_trained(workdir)
+    box = image_files.BOX.get(config.dataset, 20)
+    batch = np.stack([image_files.to_dataset_format(g, invert, box) for g in grays])
+    names = datasets.class_names(config.dataset)
+    rows = []
+    for path, gray, p in zip(paths, grays, probabilities(graphdef, params, batch), strict=True):
+        top = top3(p, names)
+        inverted = image_files.should_invert(gray, invert)
+        rows.append({"file": str(path), "predicted": top[0][0], "inverted": inverted, "top3": top})
     return rows
