@@ -5,6 +5,10 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -124,3 +128,47 @@ def final_checkpoint(workdir):
     state, meta = ckpt.restore(jax.device_get(target), step)
     ckpt.close()
     return state, meta
+
+
+# ---- installing harness like a user: a wheel into a fresh venv -----------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ("pyproject.toml", "README.md", "harness", "configs", "benchmarks/peers")
+
+
+@pytest.fixture(scope="session")
+def harness_wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the checkout's sources (offline: this venv's setuptools, no isolation)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for name in SOURCES:
+        source, target = REPO / name, src / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*pip, "-w", str(out), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = out.glob("harness-*.whl")
+    return wheel
+
+
+def fresh_venv(directory: Path) -> Path:
+    """A new venv without harness whose other packages are this test venv's (a .pth line, so its editable
+    harness finder is not loaded); returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True, timeout=120)
+    python = directory / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (Path(purelib) / "harness_test_packages.pth").write_text("\n".join(ours) + "\n")
+    return python
+
+
+def pip_env(environ: dict | None = None) -> dict:
+    """The environment under which a fresh venv's pip installs the wheel alone, offline, ignoring the test venv."""
+    return {**(environ or os.environ), "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1", "PIP_IGNORE_INSTALLED": "1"}

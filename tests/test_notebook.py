@@ -12,15 +12,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO, fresh_venv, pip_env
 
-from harness import ledger
 from harness.data import datasets
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "colab.ipynb"
+NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 CODE_CELLS = ["install", "parameters", "devices", "drive", "explore", "train", "interrupt", "resume", "bench"]
 DEBIAN = datasets.DEBIAN_DIRS["fashion_mnist"]
 NO_DEBIAN_FILES = bool(datasets.idx.missing_files(DEBIAN)) if DEBIAN.is_dir() else True
@@ -71,7 +70,7 @@ def run_install_cell(monkeypatch, versions: dict, upgrades: dict, env: dict | No
     def find_spec(name, *args):
         return None if name == "harness" and fake.get("harness", "") is None else real_find_spec(name, *args)
 
-    for name in ("TPU_ACCELERATOR_TYPE", "COLAB_TPU_ADDR"):
+    for name in ("TPU_ACCELERATOR_TYPE", "COLAB_TPU_ADDR", "HARNESS_REPO"):
         monkeypatch.delenv(name, raising=False)
     for name, value in (env or {}).items():
         monkeypatch.setenv(name, value)
@@ -137,19 +136,25 @@ def pngs(cell) -> list[bytes]:
 
 
 def repository_ledger_digest() -> str:
-    files = sorted(ledger.RESULTS_DIR.glob("*.jsonl"))
+    files = sorted((REPO / "benchmarks" / "results").glob("*.jsonl"))
     return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
 
 
 @pytest.mark.realdata
 @pytest.mark.skipif(NO_DEBIAN_FILES, reason=f"Debian's dataset-fashion-mnist files are not in {DEBIAN}")
-def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
+def test_notebook_runs_on_cpu(tmp_path, monkeypatch, harness_wheel):
     from ipykernel.kernelspec import write_kernel_spec
     from nbclient import NotebookClient
 
-    # A kernel of this very Python (whatever other kernels named python3 this machine knows).
-    write_kernel_spec(tmp_path / "jupyter" / "kernels" / "harness-test", overrides={"display_name": "harness test"})
+    # A kernel in a fresh venv without harness: the install cell installs the wheel the way it installs
+    # HARNESS_REPO on Colab (plain pip install, not editable); the venv sees this venv's other packages.
+    python = fresh_venv(tmp_path / "venv")
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = tmp_path / "jupyter" / "kernels" / "harness-test"
+    write_kernel_spec(kernel, overrides={"display_name": "harness test", "argv": argv})
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for name, value in pip_env({"HARNESS_REPO": str(harness_wheel)}).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("HARNESS_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("HARNESS_OFFLINE", "1")
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
@@ -162,16 +167,18 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch):
     ledger_before = repository_ledger_digest()
 
     nb = read_notebook()
-    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)", id="which-python"))
+    which = "import sys, harness; print(sys.executable); print(harness.__file__)"
+    nb.cells.append(nbformat.v4.new_code_cell(which, id="which-python"))
     client = NotebookClient(nb, timeout=300, kernel_name="harness-test", resources={"metadata": {"path": str(work)}})
     client.execute()
     cell = {c.id: c for c in nb.cells if c.cell_type == "code"}
     errors = [o for c in cell.values() for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
 
-    assert stdout(cell["which-python"]).strip() == sys.executable
-    assert stdout(cell["install"]).startswith("cpu runtime: python ")
-    assert "pip install" not in stdout(cell["install"])
+    executable, module = stdout(cell["which-python"]).split()
+    assert executable == str(python) and module.startswith(str(tmp_path / "venv")), (executable, module)
+    installed = stdout(cell["install"])
+    assert installed.startswith(f"pip install {harness_wheel}\n") and "\ncpu runtime: python " in installed
     assert "backend cpu, 1 device(s):" in stdout(cell["devices"])
     workdir = work / "runs" / "fashion_mnist_cnn-small"
     assert stdout(cell["drive"]).strip() == f"workdir: {workdir.resolve()}"
