@@ -3,6 +3,11 @@
 While installed, the first signal sets :attr:`StopSignals.requested`; the training loop sees it after the current
 step, saves a checkpoint, waits for it to commit and returns. A second SIGINT interrupts at once.
 
+The ``harness`` command installs these handlers on its first line (``polite`` for ``harness train``, which stops at
+the next step; every other command is interrupted at once), and ``train_and_evaluate`` takes over a stop asked for
+during start-up. A ``KeyboardInterrupt`` raised while a garbage-collector callback runs (JAX registers one) would be
+dropped by Python ("Exception ignored in"): harness raises it again from outside the callback instead.
+
 In a multi-process run every process must stop at the same step, so the decision goes through JAX's preemption
 service (running once ``jax.distributed`` is initialised): it catches SIGTERM on any process and every process
 learns the same sync step from :meth:`StopSignals.check`. A SIGINT is forwarded to it as a SIGTERM of this process.
@@ -10,27 +15,54 @@ learns the same sync step from :meth:`StopSignals.check`. A SIGINT is forwarded 
 
 from __future__ import annotations
 
+import _thread
+import gc
 import os
 import signal
 import threading
+
+STOPPING = b"harness: stopping after the current step, with a checkpoint (Ctrl-C again to quit now)\n"
+
+
+def _in_gc_callback(frame) -> bool:
+    """Whether ``frame`` (where a signal arrived) runs inside a garbage-collector callback."""
+    codes = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def interrupt(frame) -> None:
+    """Raises ``KeyboardInterrupt`` where the signal arrived or, inside a gc callback (where Python would drop it),
+    delivers SIGINT again 50 ms later."""
+    if _in_gc_callback(frame):
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        return
+    raise KeyboardInterrupt
 
 
 class StopSignals:
     """Context manager: installs the handlers in the main thread and restores the previous ones on exit."""
 
-    def __init__(self, multi_process: bool = False):
+    def __init__(self, multi_process: bool = False, polite: bool = True):
         self.requested: str | None = None
         self.multi_process = multi_process
+        self.polite = polite  # False: SIGINT interrupts at once (and SIGTERM keeps its default)
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if signum == signal.SIGINT and (self.requested or not self.polite):
+            self.requested = self.requested or "SIGINT"
+            interrupt(frame)
+            return
         if self.multi_process:  # JAX's service handles SIGTERM; tell it, and let it pick the step
             self.requested = "SIGINT (waiting for the other processes)"
             os.kill(os.getpid(), signal.SIGTERM)
             return
         self.requested = signal.Signals(signum).name
+        os.write(2, STOPPING)
 
     def check(self, step: int) -> str | None:
         """What asked to stop, else None; multi-process: the same answer on every process at every step."""
@@ -46,10 +78,15 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
+            earlier = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+            if isinstance(earlier, StopSignals) and earlier.requested:  # asked during start-up: not lost
+                self.requested = earlier.requested
             # multi-process: SIGTERM stays with JAX's preemption notifier
-            signals = (signal.SIGINT,) if self.multi_process else (signal.SIGTERM, signal.SIGINT)
+            signals = (signal.SIGINT,) if self.multi_process or not self.polite else (signal.SIGTERM, signal.SIGINT)
             for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            if self.requested and self.multi_process:
+                os.kill(os.getpid(), signal.SIGTERM)  # JAX's service decides the common step
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,67 @@
+"""Stop signals: a Ctrl-C is never lost, not even while a garbage-collector callback runs (JAX registers one)."""
+
+import gc
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.preemption import StopSignals
+
+SIGINT_IN_GC_CALLBACK = """
+import gc, os, signal, sys, time
+from harness import cli
+fired = []
+def callback(phase, info):  # like JAX's _xla_gc_callback: the SIGINT arrives while it runs
+    if phase == "start" and not fired and "jax" in sys.modules:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+gc.callbacks.append(callback)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _sigint_inside_a_gc_callback() -> None:
+    fired = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(1)
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, inside the callback
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert fired
+
+
+def test_an_interrupt_inside_a_gc_callback_is_raised_again_outside_it():
+    with StopSignals(polite=False), pytest.raises(KeyboardInterrupt):
+        _sigint_inside_a_gc_callback()
+        time.sleep(2)  # Python's own handler would have been dropped in the callback: this sleep would finish
+
+
+def test_a_polite_stop_asked_for_inside_a_gc_callback_is_kept_and_passed_on():
+    with StopSignals(polite=True) as early:
+        _sigint_inside_a_gc_callback()
+        assert early.requested == "SIGINT"
+        with StopSignals() as training:  # train_and_evaluate's own handlers take over the request
+            assert training.requested == "SIGINT"
+
+
+def test_harness_train_stops_on_a_sigint_during_start_up(tiny_data_dir, tmp_path):
+    args = ["train", "--config", "smoke", "--workdir", str(tmp_path / "run"), "--config.num_epochs=4"]
+    args += [f"--config.data_dir={tiny_data_dir}", "--config.report=false"]
+    p = subprocess.run(
+        [sys.executable, "-c", SIGINT_IN_GC_CALLBACK, *args], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    assert "stopped by SIGINT at step" in p.stdout, p.stdout + p.stderr
+    assert "Exception ignored" not in p.stderr and "Traceback" not in p.stderr
+    assert list((tmp_path / "run" / "checkpoints").iterdir())
