@@ -10,6 +10,8 @@ from pathlib import Path
 from harness import bench, ledger
 from harness.errors import HarnessError
 
+EXIT_NO_BASELINE = 3  # `bench check` found no baseline row to compare with: nothing was checked
+
 
 def _ints(text: str, name: str) -> list[int]:
     try:
@@ -27,6 +29,30 @@ def _words(text: str, name: str, allowed: tuple[str, ...]) -> list[str]:
     if bad or not values:
         raise HarnessError(f"--{name}={text!r}: allowed: {', '.join(allowed)}")
     return values
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated integers in [0, 2**32), at least one."""
+    from harness.config import SEED_LIMIT
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 <= v < SEED_LIMIT for v in values):
+        raise HarnessError(f"--seeds={text!r}: expected comma-separated integers in [0, 2**32), e.g. 0,1,2")
+    return values
+
+
+def _check_args(args) -> None:
+    """Refuses bad arguments in one line before anything is measured."""
+    if args.windows < 5:
+        raise HarnessError(f"--windows={args.windows}: at least 5 timing windows are needed")
+    if not 0 < args.target <= 1:
+        raise HarnessError(f"--target={args.target}: the test accuracy to reach must be in (0, 1]")
+    if not 0 <= args.tolerance < 1:
+        raise HarnessError(f"--tolerance={args.tolerance}: the allowed throughput drop must be in [0, 1) (0.2 = 20 %)")
+    _seeds(args.seeds)
 
 
 def _points(args) -> list[bench.Point]:
@@ -97,8 +123,7 @@ def _peer_rows(args) -> list[dict]:
 
 
 def _tta_row(args, overrides: list[str]) -> dict:
-    seeds = [int(v) for v in args.seeds.split(",") if v.strip().isdigit()] or [0]
-    figures = bench.time_to_accuracy(args.config, args.target, seeds, overrides)
+    figures = bench.time_to_accuracy(args.config, args.target, _seeds(args.seeds), overrides)
     for r in figures["runs"]:
         reached = f"reached in {r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else "did not reach"
         print(f"seed {r['seed']}: {reached}; final test_accuracy {r['accuracy']:.4f}")
@@ -122,7 +147,7 @@ def _peer_tta_rows(args) -> list[dict]:
     if recipe != ("cnn", "adam", 1e-3, 128, "constant", "float32"):
         print(f"peers: skipped (they copy the CNN recipe of fashion_mnist_cnn only, not {args.config})")
         return []
-    seeds = [int(v) for v in args.seeds.split(",") if v.strip().isdigit()] or [0]
+    seeds = _seeds(args.seeds)
     rows = []
     for name, available, why in peers.available():
         figures = peers.time_to_accuracy(name, c.dataset, args.target, seeds) if available else None
@@ -150,8 +175,7 @@ def _save(rows: list[dict], args) -> None:
 def run(args, overrides: list[str]) -> int:
     """Dispatches ``harness bench ACTION``."""
     directory = Path(args.ledger) if args.ledger else ledger.RESULTS_DIR
-    if args.windows < 5:
-        raise HarnessError(f"--windows={args.windows}: at least 5 timing windows are needed")
+    _check_args(args)
     if args.action == "run":
         rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
         _save(rows, args)
@@ -178,14 +202,28 @@ def run(args, overrides: list[str]) -> int:
         (out / "LEADERBOARD.md").write_text("# Benchmark leaderboard\n\n" + ledger.leaderboard(rows))
         for path in [out / "LEADERBOARD.md", *ledger.plots(rows, out)]:
             print(f"wrote {path}")
-    else:  # check
-        baseline = ledger.read(directory)
-        fresh = _measure_grid(args) + ([_tta_row(args, overrides)] if args.tta else [])
-        problems, matched = ledger.compare(fresh, baseline, args.tolerance)
-        for p in problems:
-            print(f"REGRESSION: {p}")
-        if not matched:
-            print(f"no baseline rows of this machine for these points in {directory}: nothing to compare")
-        print(f"checked {len(fresh)} point(s), {matched} with a baseline: {'FAILED' if problems else 'ok'}")
-        return 1 if problems else 0
+    else:
+        return _check(args, overrides, directory)
+    return 0
+
+
+def _check(args, overrides: list[str], directory: Path) -> int:
+    """``bench check``: 1 on a regression, ``EXIT_NO_BASELINE`` when nothing had a baseline to compare with."""
+    baseline = ledger.read(directory)
+    if not baseline and not args.tta:  # nothing can match: say so without measuring
+        print(f"no baseline: nothing checked ({directory} holds no ledger rows)")
+        return EXIT_NO_BASELINE
+    fresh = _measure_grid(args) + ([_tta_row(args, overrides)] if args.tta else [])
+    problems, matched = ledger.compare(fresh, baseline, args.tolerance)
+    for p in problems:
+        print(f"REGRESSION: {p}")
+    if problems:
+        print(f"checked {len(fresh)} point(s), {matched} with a baseline: FAILED")
+        return 1
+    if not matched and not args.tta:
+        print(f"no baseline: nothing checked (no rows of this machine for these points in {directory})")
+        return EXIT_NO_BASELINE
+    if not matched:
+        print(f"no throughput baseline of this machine for these points in {directory}: only --tta was checked")
+    print(f"checked {len(fresh)} point(s), {matched} with a baseline: ok")
     return 0

@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("workdir")
     r.add_argument("--out", default=None, help="output folder (default: WORKDIR/report)")
 
-    b = sub.add_parser("bench", help="throughput benchmarks into the ledger; `bench report`, `bench check`")
+    b = sub.add_parser(
+        "bench",
+        help="throughput benchmarks into the ledger; `bench report`, `bench check`",
+        description="Exit status of `bench check`: 0 ok, 1 a regression (or, with --tta, a seed missing --target), "
+        "2 bad arguments, 3 no baseline: nothing checked (no ledger row of this machine for these points).",
+    )
     b.add_argument("action", nargs="?", default="run", choices=("run", "sweep", "tta", "report", "check"))
     b.add_argument("--models", default="mlp,cnn", help="comma-separated (default mlp,cnn)")
     b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
@@ -81,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--windows", type=int, default=7, help="timing windows (≥ 5)")
     b.add_argument("--dispatches", type=int, default=8, help="dispatches per timing window")
     b.add_argument("--config", default="fashion_mnist_cnn", help="tta: the config to train")
-    b.add_argument("--target", type=float, default=0.90, help="tta: the test accuracy to reach")
-    b.add_argument("--seeds", default="0,1,2", help="tta: comma-separated seeds")
-    b.add_argument("--tolerance", type=float, default=0.2, help="check: allowed throughput drop (0.2 = 20 %%)")
+    b.add_argument("--target", type=float, default=0.90, help="tta: the test accuracy to reach, in (0, 1]")
+    b.add_argument("--seeds", default="0,1,2", help="tta: comma-separated seeds in [0, 2**32)")
+    b.add_argument("--tolerance", type=float, default=0.2, help="check: allowed throughput drop in [0, 1), 0.2 = 20 %%")
     b.add_argument("--ledger", default=None, help="ledger folder (default benchmarks/results)")
     b.add_argument("--no-ledger", action="store_true", help="print rows, append nothing")
     b.add_argument("--out", default=None, help="report: output folder (default benchmarks/)")
@@ -118,13 +123,22 @@ def _split_overrides(extra: Sequence[str]) -> list[str]:
     return overrides
 
 
+def _check_workdir(args) -> None:
+    """An empty or blank workdir is an error for every subcommand that takes one (never a silent default)."""
+    workdir = getattr(args, "workdir", None)
+    if workdir is not None and not workdir.strip():
+        name = "workdir" if args.command in ("checkpoints", "report") else "--workdir"
+        hint = " (leave --workdir out for the default runs/CONFIG)" if args.command == "train" else ""
+        raise HarnessError(f"{name} {workdir!r}: empty; name a folder{hint}")
+
+
 def _train(args, extra: Sequence[str]) -> int:
     from harness import config as config_lib
     from harness.train import train_and_evaluate
 
     config = config_lib.load(args.config, _split_overrides(extra))
     workdir = args.workdir
-    if not workdir:
+    if workdir is None:
         workdir = colab.default_workdir(Path(args.config).stem)
         if colab.drive_root() is not None:
             print(f"workdir on Google Drive: {workdir} (checkpoints outlive the Colab runtime)")
@@ -280,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if extra and args.command not in ("train", "bench"):
             raise HarnessError(f"unrecognized arguments: {' '.join(extra)}")
+        _check_workdir(args)
         _cpu_devices()
         _quiet_libraries()
         if args.command == "train":

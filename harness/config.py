@@ -6,6 +6,7 @@ load config files you trust. Every other user input is parsed as data.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import math
@@ -74,16 +75,26 @@ def resolve_path(name_or_path: str) -> Path:
     raise ConfigError(f"config file {name_or_path!r} does not exist; shipped configs: {names}")
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Loads any file name as Python source (``good.cfg`` too), never reading or writing a ``__pycache__``."""
+
+    def get_code(self, fullname):
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
 def load(name_or_path: str = "default", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads a config file, applies ``key=value`` overrides and locks it (a misspelled key is an error)."""
+    """Loads a config file (Python source, whatever its suffix), applies ``key=value`` overrides and locks it (a
+    misspelled key is an error)."""
     path = resolve_path(name_or_path)
-    spec = importlib.util.spec_from_file_location(f"harness_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
+    name = f"harness_config_{path.stem}"
+    loader = _SourceLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
     try:
-        spec.loader.exec_module(module)  # The user named this file: configs are Python by convention.
+        loader.exec_module(module)  # The user named this file: configs are Python by convention.
         config = module.get_config()
     except Exception as e:  # any failure of user code becomes one line
-        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {detail}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file {path}: get_config() must return an ml_collections.ConfigDict")
     config.lock()
@@ -103,7 +114,8 @@ def _convert(key: str, text: str, current):
         try:
             value = type(current)(text) if isinstance(current, float) else int(text)
         except ValueError:
-            raise ConfigError(f"config.{key}={text!r}: expected a {type(current).__name__}") from None
+            expected = "a number" if isinstance(current, float) else "an integer"
+            raise ConfigError(f"config.{key}={text!r}: expected {expected}") from None
         return value
     if isinstance(current, tuple | list):
         try:
@@ -152,6 +164,15 @@ def _steps_per_dispatch(config: ml_collections.ConfigDict) -> None:
             )
 
 
+SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what numpy's generators and jax.random.key both take
+
+
+def _seed(config: ml_collections.ConfigDict) -> None:
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"config.seed={seed!r}: must be an integer in [0, 2**32)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks every key against what is allowed; ``num_devices`` is the device count the run will use."""
     from harness.models import MODELS  # models import flax: keep config loading light
@@ -176,6 +197,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"({config.batch_size // num_devices})"
         )
     _steps_per_dispatch(config)
+    _seed(config)
     if not all(isinstance(h, int) and h > 0 for h in config.mlp_hidden):
         raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")
     if not 0 <= config.warmup_epochs < config.num_epochs:

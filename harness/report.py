@@ -4,25 +4,58 @@ summary, as PNGs, one self-contained ``index.html`` and TensorBoard images. Writ
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from harness import pictures
 from harness.data import datasets
-from harness.errors import WorkdirError
+from harness.errors import DataError, WorkdirError
 from harness.evaluate import load_trained, probabilities
 
 WORST = 24
 
 
-def read_metrics(workdir: Path) -> list[dict]:
-    """The rows of ``WORKDIR/metrics.jsonl``."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def read_metrics(workdir: Path, warn: Callable[[str], Any] = _stderr) -> list[dict]:
+    """The rows of ``WORKDIR/metrics.jsonl``; a line that is not a JSON object is skipped with a warning."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         raise WorkdirError(f"{workdir}: no metrics.jsonl (train into this workdir first)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            warn(f"warning: {path}, line {number}: not a JSON object, skipped")
+    return rows
+
+
+def _test_builder(config, workdir: Path):
+    """The prepared builder of the data the run trained on: ``config.data_dir`` from its ``config.json``. A run
+    on tfds' default data dir is only read from the default now, never prepared there (it may be another dir)."""
+    data_dir = config.get("data_dir") or None
+    if data_dir is None:
+        b = datasets.builder(config.dataset)
+        if not b.is_prepared():
+            raise DataError(
+                f"{workdir} trained on tfds' default data dir (config.data_dir is empty) and {config.dataset} is not "
+                f"prepared in the current default ({b.data_dir}); set TFDS_DATA_DIR to the data dir it trained with"
+            )
+    return datasets.ensure_prepared(config.dataset, data_dir)[0]
 
 
 def learning_curves(rows: list[dict]) -> plt.Figure:
@@ -155,8 +188,7 @@ def write_report(workdir: Path, out: Path | None = None) -> Path:
     workdir = Path(workdir).resolve()
     rows = read_metrics(workdir)
     config, graphdef, params, meta = load_trained(workdir)
-    builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
-    test = datasets.load_split(builder, "test")
+    test = datasets.load_split(_test_builder(config, workdir), "test")
     names = datasets.class_names(config.dataset)
     probs = probabilities(graphdef, params, test.images)
     counts = confusion(test.labels, probs.argmax(-1), len(names))

@@ -1,6 +1,8 @@
 """A tiny version of every benchmark mode, and the timing protocol checked with a fake clock."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -105,3 +107,58 @@ def test_peak_table_and_cpu_peak():
     peak, source = bench.peak_flops("cpu", "float32")
     assert peak and "cores" in source
     assert np.isfinite(peak)
+
+
+@pytest.fixture
+def no_measuring(monkeypatch):
+    """Any measurement or training fails the test: the checks below must come first."""
+
+    def measured(*args, **kwargs):
+        pytest.fail("measured before the arguments were checked")
+
+    monkeypatch.setattr(bench, "measure", measured)
+    monkeypatch.setattr(bench, "time_to_accuracy", measured)
+
+
+def bench_cli_run(capsys, *argv):
+    from harness import cli
+
+    rc = cli.main(["bench", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["tta", "--seeds", "a,b"], "--seeds='a,b': expected comma-separated integers in [0, 2**32)"),
+        (["tta", "--seeds", "0,-1"], "--seeds='0,-1'"),
+        (["tta", "--seeds", ","], "--seeds=','"),
+        (["tta", "--target", "2"], "--target=2.0: the test accuracy to reach must be in (0, 1]"),
+        (["tta", "--target", "0"], "--target=0.0"),
+        (["check", "--tolerance", "-1"], "--tolerance=-1.0: the allowed throughput drop must be in [0, 1)"),
+        (["check", "--tolerance", "1"], "--tolerance=1.0"),
+        (["check", "--tolerance", "nan"], "--tolerance=nan"),
+        (["run", "--windows", "3"], "--windows=3: at least 5 timing windows"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_any_measurement(no_measuring, capsys, tmp_path, argv, fragment):
+    rc, _, err = bench_cli_run(capsys, *argv, "--ledger", str(tmp_path))
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("harness: error: ") and "Traceback" not in err
+    assert fragment in lines[0] and "config." not in err and list(tmp_path.iterdir()) == []
+
+
+def test_check_without_a_baseline_says_nothing_was_checked(no_measuring, capsys, tmp_path, monkeypatch):
+    from harness import bench_cli
+
+    rc, out, err = bench_cli_run(capsys, "check", "--ledger", str(tmp_path))  # an empty ledger: nothing measured
+    assert (rc, err) == (bench_cli.EXIT_NO_BASELINE, "") and rc not in (0, 1, 2)
+    assert out.startswith("no baseline: nothing checked") and "ok" not in out.split()
+    committed = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "cpu.jsonl"
+    row = committed.read_text().splitlines()[0]  # a valid row, for no point measured here
+    assert ledger.validate(json.loads(row)) == []
+    (tmp_path / "other.jsonl").write_text(row + "\n")
+    monkeypatch.setattr(bench_cli, "_measure_grid", lambda args: [])
+    rc, out, err = bench_cli_run(capsys, "check", "--ledger", str(tmp_path))
+    assert rc == bench_cli.EXIT_NO_BASELINE and out.startswith("no baseline: nothing checked") and "ok" not in out

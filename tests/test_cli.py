@@ -164,6 +164,51 @@ def test_import_refuses_truncated_file_and_writes_nothing(main_rc, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_import_refuses_an_empty_split_and_writes_nothing(main_rc, tmp_path):
+    src = tmp_path / "src"
+    write_tiny_idx(src, num_train=20, num_test=0)  # valid headers, 0 test items
+    line = assert_one_line_error(
+        main_rc("data", "import", str(src), "--dataset", "mnist", "--data-dir", str(tmp_path / "d"))
+    )
+    assert "t10k-images-idx3-ubyte: the header announces 0 images" in line
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--config", "smoke", "--config.seed=-1"], "config.seed=-1: must be an integer in [0, 2**32)"),
+        (["train", "--config", "/etc/passwd"], "config file /etc/passwd failed: SyntaxError: "),
+        (["train", "--config", "smoke", "--config.num_epochs=two"], "config.num_epochs='two': expected an integer"),
+    ],
+)
+def test_bad_seed_and_a_config_that_is_not_python_are_one_line(main_rc, argv, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fragment in assert_one_line_error(main_rc(*argv))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--workdir", ""],
+        ["train", "--config", "smoke", "--workdir", "  "],
+        ["eval", "--workdir", ""],
+        ["predict", "--workdir", " ", "--index", "0"],
+        ["checkpoints", ""],
+        ["report", "\t"],
+    ],
+)
+def test_an_empty_workdir_is_one_line_for_every_subcommand(main_rc, argv, tmp_path, monkeypatch):
+    from harness import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: pytest.fail(f"trained into {a[1]!r}"))
+    line = assert_one_line_error(main_rc(*argv))
+    assert "workdir" in line and ": empty; name a folder" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_import_twice_is_refused(main_rc, tmp_path, tiny_idx_dir, tiny_data_dir):
     line = assert_one_line_error(
         main_rc("data", "import", str(tiny_idx_dir), "--dataset", "mnist", "--data-dir", tiny_data_dir)

@@ -58,11 +58,46 @@ def test_bad_values_name_key_value_and_what_is_allowed(override, match):
 
 @pytest.mark.parametrize(
     ("override", "match"),
-    [("num_epochs=two", "expected a int"), ("learning_rate=fast", "expected a float"), ("nonsense", "KEY=VALUE")],
+    [
+        ("num_epochs=two", "config.num_epochs='two': expected an integer$"),
+        ("learning_rate=fast", "config.learning_rate='fast': expected a number$"),
+        ("nonsense", "KEY=VALUE"),
+    ],
 )
 def test_unparsable_overrides(override, match):
     with pytest.raises(ConfigError, match=match):
         config_lib.load("smoke", [override])
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_seed_outside_what_the_generators_take_is_refused(seed):
+    c = config_lib.base_config()
+    with c.ignore_type():  # a config file may set any type
+        c.seed = seed
+    with pytest.raises(ConfigError, match=r"config.seed=.*: must be an integer in \[0, 2\*\*32\)$"):
+        config_lib.validate(c, 1)
+    c = config_lib.base_config()
+    c.seed = 2**32 - 1
+    config_lib.validate(c, 1)
+
+
+def test_a_config_file_with_another_suffix_loads_as_python(tmp_path):
+    good = tmp_path / "good.cfg"
+    good.write_text((config_lib.CONFIGS_DIR / "smoke.py").read_text())
+    assert config_lib.load(str(good), ["seed=3"]).to_dict() == config_lib.load("smoke", ["seed=3"]).to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.cfg"]  # no __pycache__ beside it
+
+
+def test_a_file_that_is_not_python_is_one_line(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    with pytest.raises(ConfigError, match=f"^config file {passwd} failed: SyntaxError: ") as e:
+        config_lib.load(str(passwd))
+    assert "\n" not in str(e.value)
+    (tmp_path / "binary.cfg").write_bytes(b"\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=r"binary\.cfg failed: ") as e:
+        config_lib.load(str(tmp_path / "binary.cfg"))
+    assert "\n" not in str(e.value)
 
 
 def test_missing_config_file_lists_shipped_configs():

@@ -76,3 +76,11 @@ def test_corrupt_gzip_and_missing_file(tmp_path):
     assert idx.missing_files(tmp_path) == ["t10k-images-idx3-ubyte"]
     with pytest.raises(DataError, match="missing"):
         idx.load_split(tmp_path, "test")
+
+
+def test_a_split_of_zero_items_is_refused(tmp_path):
+    write_tiny_idx(tmp_path, num_train=20, num_test=0)
+    idx.load_split(tmp_path, "train")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: the header announces 0 images") as e:
+        idx.load_split(tmp_path, "test")
+    assert "\n" not in str(e.value)

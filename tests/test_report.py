@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from browser import needs_chromium, render
+from conftest import write_tiny_idx
 from events import read_events
 from test_explore import assert_picture
 
@@ -84,3 +85,50 @@ def test_report_on_tfds_mock_data(tiny_config, tmp_path, monkeypatch, mock_tfds)
     for name in ("learning_curves.png", "confusion_matrix.png", "worst_mistakes.png"):
         assert_picture(tmp_path / "report" / name)
     assert "Per-class accuracy" in (tmp_path / "report" / "index.html").read_text()
+
+
+def _copy_run(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("report", "tensorboard"))
+    return run
+
+
+def test_a_garbage_metrics_line_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1, "epoch": 0.5}\n{"step": 2, "epo\n\n[1, 2]\n\xff\n{"step": 3, "epoch": 1.0}\n')
+    warnings = []
+    assert [r["step"] for r in report.read_metrics(tmp_path, warn=warnings.append)] == [1, 3]
+    assert warnings == [f"warning: {path}, line {n}: not a JSON object, skipped" for n in (2, 4, 5)]
+
+
+def test_report_command_skips_a_garbage_metrics_line(trained, tmp_path, capsys):
+    run = _copy_run(trained, tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "test_acc\n')
+    lines = (run / "metrics.jsonl").read_text().count("\n")
+    assert cli.main(["report", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"warning: {run / 'metrics.jsonl'}, line {lines}: not a JSON object, skipped"]
+    assert (run / "report" / "index.html").is_file()
+
+
+def test_report_reads_the_runs_data_dir_and_never_prepares_another(trained, tmp_path, monkeypatch, capsys):
+    from tensorflow_datasets.core import constants
+
+    default, idx_dir = tmp_path / "tfds-default", tmp_path / "idx"  # the default data dir today: empty
+    default.mkdir()
+    write_tiny_idx(idx_dir, num_train=20, num_test=10)
+    monkeypatch.setattr(constants, "DATA_DIR", str(default))
+    monkeypatch.setattr(datasets, "DEBIAN_DIRS", {"fashion_mnist": idx_dir})  # something it could prepare from
+    assert cli.main(["report", str(trained), "--out", str(tmp_path / "out")]) == 0  # config.data_dir is set
+    capsys.readouterr()
+    run = _copy_run(trained, tmp_path)  # a run on the default data dir of its day
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": ""}))
+    assert cli.main(["report", str(run)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"harness: error: {run} trained on tfds' default data dir (config.data_dir is empty)" in line
+    assert "set TFDS_DATA_DIR to the data dir it trained with" in line
+    assert list(default.iterdir()) == [] and not (run / "report").exists()

@@ -108,6 +108,8 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = parse_labels(read_bytes(paths["labels"]), str(paths["labels"]))
     if len(images) != len(labels):
         raise DataError(f"{paths['labels']}: {len(labels)} labels for {len(images)} images in {paths['images'].name}")
+    if not len(images):
+        raise DataError(f"{paths['images']}: the header announces 0 images; the {split} split needs at least one")
     return images, labels
 
 
