@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -116,11 +117,14 @@ def read(directory: Path) -> list[dict]:
     """Every valid row of every ledger file in ``directory``."""
     rows = []
     for path in sorted(Path(directory).glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if not validate(row):
-                    rows.append(row)
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                row = None
+                print(f"warning: {path}, line {number}: not JSON, skipped", file=sys.stderr)
+            if isinstance(row, dict) and not validate(row):
+                rows.append(row)
     return rows
 
 

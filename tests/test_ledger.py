@@ -63,6 +63,15 @@ def test_append_read_and_schema(fixture_ledger):
     assert len(ledger.read(fixture_ledger)) == 4  # rows of another schema are not mixed in
 
 
+def test_a_garbage_ledger_line_is_skipped_with_a_warning(fixture_ledger, capsys):
+    with (fixture_ledger / "cpu.jsonl").open("a") as f:
+        f.write("{not json\n[1, 2]\n")
+    assert len(ledger.read(fixture_ledger)) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {fixture_ledger / 'cpu.jsonl'}, line 5: not JSON, skipped"
+    ]
+
+
 def test_leaderboard_picks_the_best_batch(fixture_ledger):
     table = ledger.leaderboard(ledger.read(fixture_ledger))
     mlp = next(line for line in table.splitlines() if "| mlp |" in line)
