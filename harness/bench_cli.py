@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
-from harness import bench, ledger
+from harness import bench, ledger, paths
 from harness.errors import HarnessError
 
 EXIT_NO_BASELINE = 3  # `bench check` found no baseline row to compare with: nothing was checked
@@ -53,6 +54,11 @@ def _check_args(args) -> None:
     if not 0 <= args.tolerance < 1:
         raise HarnessError(f"--tolerance={args.tolerance}: the allowed throughput drop must be in [0, 1) (0.2 = 20 %)")
     _seeds(args.seeds)
+    if args.dispatches < 1:
+        raise HarnessError(f"--dispatches={args.dispatches}: at least 1 dispatch per timing window")
+    for name in ("num_devices", "micro_batches"):
+        if getattr(args, name) < 0:
+            raise HarnessError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be 0 (auto) or positive")
 
 
 def _points(args) -> list[bench.Point]:
@@ -66,12 +72,19 @@ def _points(args) -> list[bench.Point]:
             _words(args.dtypes, "dtypes", ALLOWED["dtype"]),
             _words(args.parallel, "parallel", ALLOWED["parallel"]),
             _words(args.data, "data", bench.DATA_MODES),
-            _ints(args.steps_per_dispatch, "steps-per-dispatch"),
+            _steps_per_dispatch(args.steps_per_dispatch),
             args.num_devices,
             tuple(_words(args.conv, "conv", ALLOWED["conv"])),
         )
     )
-    return [dataclasses.replace(p, micro_batches=args.micro_batches) for p in points]
+    return [bench.resolve(dataclasses.replace(p, micro_batches=args.micro_batches)) for p in points]
+
+
+def _steps_per_dispatch(text: str) -> list[int]:
+    """``--steps-per-dispatch``: comma-separated positive counts, or ``auto`` (0: what `harness train` runs)."""
+    if text.strip() == "auto":
+        return [0]
+    return _ints(text, "steps-per-dispatch")
 
 
 def _describe(point: bench.Point, f: dict) -> str:
@@ -168,14 +181,31 @@ def _save(rows: list[dict], args) -> None:
         for row in rows:
             print(json.dumps(row, sort_keys=True))
         return
-    for path in ledger.append(rows, Path(args.ledger) if args.ledger else ledger.RESULTS_DIR):
+    for path in ledger.append(rows, ledger_dir(args)):
         print(f"ledger: appended to {path}")
+
+
+def ledger_dir(args) -> Path:
+    """``--ledger``, else ``benchmarks/results`` of the enclosing checkout or of the current directory."""
+    return Path(args.ledger).expanduser() if args.ledger else paths.default_ledger_dir()
+
+
+def _check_ledger_dir(directory: Path, writing: bool) -> None:
+    """Refuses a ledger path that is not a directory, or one that cannot be written, before anything is measured."""
+    if directory.exists() and not directory.is_dir():
+        raise HarnessError(f"--ledger {directory}: exists and is not a directory")
+    existing = next(d for d in (directory, *directory.parents) if d.exists())
+    if not existing.is_dir():
+        raise HarnessError(f"--ledger {directory}: {existing} is not a directory")
+    if writing and not os.access(existing, os.W_OK):
+        raise HarnessError(f"--ledger {directory}: {existing} is not writable")
 
 
 def run(args, overrides: list[str]) -> int:
     """Dispatches ``harness bench ACTION``."""
-    directory = Path(args.ledger) if args.ledger else ledger.RESULTS_DIR
+    directory = ledger_dir(args)
     _check_args(args)
+    _check_ledger_dir(directory, writing=args.action in ("run", "sweep", "tta") and not args.no_ledger)
     if args.action == "run":
         rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
         _save(rows, args)
@@ -197,7 +227,7 @@ def run(args, overrides: list[str]) -> int:
         rows = ledger.read(directory)
         if not rows:
             raise HarnessError(f"{directory}: no ledger rows (run `harness bench` first)")
-        out = Path(args.out) if args.out else ledger.ROOT / "benchmarks"
+        out = Path(args.out) if args.out else (Path(args.ledger) if args.ledger else paths.default_bench_dir())
         out.mkdir(parents=True, exist_ok=True)
         (out / "LEADERBOARD.md").write_text("# Benchmark leaderboard\n\n" + ledger.leaderboard(rows))
         for path in [out / "LEADERBOARD.md", *ledger.plots(rows, out)]:

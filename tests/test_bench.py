@@ -140,6 +140,10 @@ def bench_cli_run(capsys, *argv):
         (["check", "--tolerance", "1"], "--tolerance=1.0"),
         (["check", "--tolerance", "nan"], "--tolerance=nan"),
         (["run", "--windows", "3"], "--windows=3: at least 5 timing windows"),
+        (["run", "--dispatches", "0"], "--dispatches=0: at least 1 dispatch"),
+        (["run", "--num-devices", "-1"], "--num-devices=-1: must be 0 (auto) or positive"),
+        (["run", "--micro-batches", "-2"], "--micro-batches=-2"),
+        (["run", "--steps-per-dispatch", "auto,2"], "--steps-per-dispatch='auto,2'"),
     ],
 )
 def test_bad_arguments_are_one_line_before_any_measurement(no_measuring, capsys, tmp_path, argv, fragment):
@@ -147,6 +151,21 @@ def test_bad_arguments_are_one_line_before_any_measurement(no_measuring, capsys,
     lines = err.splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("harness: error: ") and "Traceback" not in err
     assert fragment in lines[0] and "config." not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("ledger_dir", "fragment"),
+    [("passwd", "--ledger {}: exists and is not a directory"), ("passwd/x", "--ledger {}: {} is not a directory")],
+)
+def test_a_ledger_path_that_is_no_directory_is_refused_before_measuring(
+    no_measuring, capsys, tmp_path, ledger_dir, fragment
+):
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    rc, _, err = bench_cli_run(capsys, "run", "--ledger", str(tmp_path / ledger_dir))
+    assert rc == 2 and err.splitlines() == [
+        f"harness: error: {fragment.format(tmp_path / ledger_dir, tmp_path / 'passwd')}"
+    ]
+    assert (tmp_path / "passwd").read_text() == "root:x:0:0\n"
 
 
 def test_check_without_a_baseline_says_nothing_was_checked(no_measuring, capsys, tmp_path, monkeypatch):
