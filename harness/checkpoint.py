@@ -9,9 +9,14 @@ Layout of ``WORKDIR``:
   killed save, a flipped byte, a truncated or deleted file are all detected and skipped, never restored.
 
 Orbax never deletes here (pitfall: with ``max_to_keep`` it deletes number-named folders that are not its own, and a
-kill mid-delete leaves a listed, unrestorable step). Retention is ours: a step to drop is first renamed out of the
-listing (atomic), then its digest and files are removed. Only steps with a digest — ones this harness wrote — are
-ever deleted.
+kill mid-delete leaves a listed, unrestorable step). Retention is ours (``harness.retention``): only good steps count
+(digested and matching, each verified at most once per process), a step to drop is first renamed out of the listing
+(atomic), and only folders harness wrote are deleted. A save onto a step folder that is there but not good (a kill
+between Orbax's commit and the digest, a corrupted file, a folder of yours) first takes it out of the way: deleted
+when harness wrote it, else moved to ``checkpoints/.bad-STEP-…`` with a warning.
+
+Orbax's own warnings and errors (a failed async save logs ~300 lines of tracebacks) are diverted while a save is in
+flight and appended to ``WORKDIR/harness-errors.log``; the user sees one line naming the problem and that file.
 
 In a multi-process run every process calls the same methods at the same steps: all of them take part in Orbax's
 save and restore; process 0 alone writes digests and deletes, and the others wait for it at a barrier.
@@ -19,12 +24,15 @@ save and restore; process 0 alone writes digests and deletes, and the others wai
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import platform
-import shutil
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +45,9 @@ import orbax.checkpoint as ocp
 import harness
 from harness.errors import TrainingError, WorkdirError
 from harness.parallel import barrier, is_main_process
+from harness.retention import remove_step, steps_to_keep, sweep
 
-TRASH_PREFIX = ".trash-"
+ERROR_LOG = "harness-errors.log"
 
 
 def fingerprint(num_devices: int | None = None) -> dict:
@@ -63,7 +72,8 @@ def fingerprint(num_devices: int | None = None) -> dict:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    """Writes ``text`` to ``path`` through a temporary file and a rename (never a half-written file); raises
+    WorkdirError naming ``path`` when it cannot (read-only workdir, full disk)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
@@ -71,8 +81,67 @@ def write_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+    except OSError as e:
+        raise WorkdirError(f"cannot write {path} ({e.strerror or e})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def describe_position(epoch: int, step_in_epoch: int, steps_per_epoch: int = 0, num_epochs: int = 0) -> str:
+    """A data position for people: ``end of epoch 10`` after a whole epoch, else ``epoch 3, step 462 of 469``
+    (``steps_per_epoch`` given). ``num_epochs`` (the run's) is added, ``epoch 3 of 10``, when the position lies
+    within it: a run shortened below its checkpoint never reads ``epoch 2 of 1``."""
+    if step_in_epoch == 0 and epoch > 0:
+        return f"end of epoch {epoch}" + (f" of {num_epochs}" if epoch <= num_epochs else "")
+    of = f" of {num_epochs}" if epoch < num_epochs else ""
+    return f"epoch {epoch + 1}{of}, step {step_in_epoch}" + (f" of {steps_per_epoch}" if steps_per_epoch else "")
+
+
+def _os_reason(e: Exception) -> str:
+    """The OS's words for a write failure (Orbax's writers report ``[os_error_code='28']`` inside a ValueError)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    return os.strerror(int(code.group(1))) if code else " ".join(str(e).split())[:200]
+
+
+class _OrbaxLog(logging.Filter):
+    """While attached, keeps Orbax's warnings and errors off the console; ``flush`` appends them to ``path``."""
+
+    FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(pathname)s:%(lineno)d %(message)s"
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.lines = path, collections.deque(maxlen=1000)
+        self.formatter = logging.Formatter(self.FORMAT)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        self.lines.append(self.formatter.format(record))
+        return False
+
+    def attach(self) -> None:
+        for logger in (logging.getLogger("absl"), logging.getLogger()):  # Orbax logs through absl and logging
+            if self not in logger.filters:
+                logger.addFilter(self)
+
+    def detach(self) -> None:
+        for logger in (logging.getLogger("absl"), logging.getLogger()):
+            logger.removeFilter(self)
+
+    def flush(self) -> bool:
+        """Appends the diverted lines to the log file; False when there were none or it cannot be written."""
+        if not self.lines:
+            return False
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("\n".join(self.lines) + "\n")
+        except OSError:
+            return False
+        self.lines.clear()
+        return True
 
 
 def _file_digests(step_dir: Path) -> dict[str, str]:
@@ -114,6 +183,8 @@ class Checkpoints:
             raise WorkdirError(f"{workdir}: no checkpoints (train into this workdir first)")
         self.keep, self.keep_best, self.warn = keep, keep_best, warn
         self._pending: tuple[int, dict] | None = None
+        self._problems: dict[int, str | None] = {}  # verification results of this process, by step
+        self.log = _OrbaxLog(workdir / ERROR_LOG)
         self.last_saved: int | None = None
         try:
             if create:
@@ -123,7 +194,7 @@ class Checkpoints:
         except OSError as e:
             raise WorkdirError(f"{self.directory}: cannot use this checkpoint dir ({e.strerror or e})") from None
         if create and is_main_process():
-            self._sweep()
+            sweep(self.directory, self.digest_dir)
         barrier("harness-checkpoints-opened")
         good = self.good_steps()
         self.last_saved = good[-1] if good else None
@@ -149,7 +220,11 @@ class Checkpoints:
         return sorted(steps)
 
     def verify(self, step: int) -> str | None:
-        """None when every file of ``step`` matches its digest, else what is wrong (one phrase)."""
+        """None when every file of ``step`` matches its digest, else what is wrong (one phrase). Reads every file."""
+        self._problems[step] = problem = self._check(step)
+        return problem
+
+    def _check(self, step: int) -> str | None:
         record = self.record(step)
         if record is None:
             return "no digest (the save never completed)"
@@ -162,21 +237,29 @@ class Checkpoints:
         extra = sorted(set(actual) - set(record["files"]))
         return f"unexpected file {extra[0]}" if extra else None
 
+    def _problem(self, step: int) -> str | None:
+        """``verify`` once per process: retention trusts what this process verified or wrote itself."""
+        return self._problems[step] if step in self._problems else self.verify(step)
+
     # ---- saving --------------------------------------------------------------------------------------------
 
     def save(self, step: int, state: Any, meta: dict) -> bool:
-        """Starts an async save of host ``state`` + JSON ``meta`` at ``step``; False when ``step`` exists.
+        """Starts an async save of host ``state`` + JSON ``meta`` at ``step``; False when a good ``step`` exists.
+        A ``step`` folder that is there but not good is taken out of the way first (see the module docstring).
 
         ``meta``'s ``epoch``, ``step_in_epoch``, ``test_accuracy`` and ``fingerprint`` also go to the digest record.
         """
         self.finalize()
-        if step in self.good_steps() or (self.directory / str(step)).exists():
-            return False
         if not _all_finite(state):
             last = f"step {self.last_saved}" if self.last_saved is not None else "none"
             raise TrainingError(f"parameters are not finite at step {step}: not saved; last good checkpoint: {last}")
+        present = os.path.lexists(self.directory / str(step))
+        barrier(f"harness-checkpoint-{step}-looked")  # every process has looked before process 0 may clear it
+        if present and not self._clear(step):
+            return False
         meta = {**meta, "leaves": _leaf_specs(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.log.attach()  # until finalize: the async writer logs its failures from other threads
         try:
             self.manager.save(step, args=args, force=True)  # force: Orbax skips steps below its latest
         except (OSError, ValueError) as e:
@@ -185,9 +268,20 @@ class Checkpoints:
         self._pending = (step, summary)
         return True
 
+    def _clear(self, step: int) -> bool:
+        """Takes the folder of ``step`` out of the way unless it is good; True when the step can be saved."""
+        if is_main_process():
+            problem = self.verify(step)
+            if problem is not None:
+                self._remove(step, problem, then=", saving it afresh")
+        barrier(f"harness-checkpoint-{step}-cleared")
+        if not is_main_process():
+            self.manager.reload()
+        return not os.path.lexists(self.directory / str(step))
+
     def _write_error(self, step: int, e: Exception) -> WorkdirError:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
-        return WorkdirError(f"cannot write checkpoint step {step} in {self.directory}: {reason}")
+        details = f" (Orbax's details in {self.log.path})" if self.log.flush() else ""
+        return WorkdirError(f"cannot write checkpoint step {step} in {self.directory}: {_os_reason(e)}{details}")
 
     def poll(self) -> None:
         """Records the pending save as soon as it has committed (cheap; the loop calls it after every step).
@@ -206,6 +300,9 @@ class Checkpoints:
             self.manager.wait_until_finished()
         except Exception as e:  # Orbax re-raises the async writer's error type
             raise self._write_error(step, e) from None
+        finally:
+            self.log.detach()
+            self.log.flush()
         step_dir = self.directory / str(step)
         if not step_dir.is_dir():
             raise WorkdirError(f"checkpoint step {step} did not commit in {self.directory}")
@@ -224,38 +321,50 @@ class Checkpoints:
             "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             **summary,
         }
-        try:
-            write_atomic(self._digest_path(step), json.dumps(record, indent=1, sort_keys=True) + "\n")
-        except OSError as e:
-            raise self._write_error(step, e) from None
+        write_atomic(self._digest_path(step), json.dumps(record, indent=1, sort_keys=True) + "\n")
+        self._problems[step] = None  # its digests were just computed from its files
         self._retain()
 
     def _retain(self) -> None:
+        """Removes every digested step that ``steps_to_keep`` does not keep among the good ones."""
         steps = self.good_steps()
-        keep = set(steps[-self.keep :]) if self.keep > 0 else set()
-        scored = [(self.record(s).get("test_accuracy"), s) for s in steps]
-        best = sorted(((a, s) for a, s in scored if a is not None), reverse=True)[: self.keep_best]
-        keep |= {s for _, s in best}
+        keep = steps_to_keep(self._good_records(steps), self.keep, self.keep_best)
         for step in steps:
             if step not in keep:
-                self._delete(step)
+                self._remove(step, self._problems.get(step))
 
-    def _delete(self, step: int) -> None:
-        trash = self.directory / f"{TRASH_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
-        (self.directory / str(step)).rename(trash)  # atomic: the step leaves the listing at once
-        self._digest_path(step).unlink(missing_ok=True)
-        shutil.rmtree(trash, ignore_errors=True)
+    def _good_records(self, steps: list[int]) -> dict[int, dict]:
+        """Digest records of the good steps retention needs: the newest ``keep`` and the ``keep_best`` most accurate
+        good ones. Verifies only the candidates, newest (or most accurate) first, until it has found enough."""
+        records = {s: self.record(s) or {} for s in steps}
+        good: dict[int, dict] = {}
+
+        def take(order, wanted: int) -> None:
+            found = 0
+            for s in order:
+                if found >= wanted:
+                    return
+                if s in good or self._problem(s) is None:
+                    good[s], found = records[s], found + 1
+
+        take(reversed(steps), self.keep)
+        scored = [s for s in steps if records[s].get("test_accuracy") is not None]
+        take(sorted(scored, key=lambda s: (records[s]["test_accuracy"], s), reverse=True), self.keep_best)
+        return good
+
+    def _remove(self, step: int, problem: str | None, then: str = "") -> None:
+        """Takes ``step`` out of the listing (``harness.retention.remove_step``); warns unless it was a good step
+        of harness's that retention dropped."""
+        try:
+            aside = remove_step(self.directory / str(step), self._digest_path(step), self.record(step))
+        except OSError as e:
+            raise WorkdirError(f"cannot remove checkpoint step {step} from {self.directory}: {_os_reason(e)}") from None
+        self._problems.pop(step, None)
+        if problem or aside is not None:
+            done = f"moved it to {aside} (not a folder harness wrote: never deleted)" if aside else "deleted it"
+            what = f" is not restorable ({problem})" if problem else ""
+            self.warn(f"warning: checkpoint step {step}{what}: {done}{then}")
         self.manager.reload()
-
-    def _sweep(self) -> None:
-        """Finishes deletions a kill interrupted (only our trash folders and our orphan digests)."""
-        for trash in self.directory.glob(f"{TRASH_PREFIX}*"):
-            shutil.rmtree(trash, ignore_errors=True)
-        for digest in self.digest_dir.glob("*.json"):
-            if digest.stem.isdigit() and not (self.directory / digest.stem).is_dir():
-                digest.unlink(missing_ok=True)
-        for tmp in self.digest_dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
 
     # ---- restoring -----------------------------------------------------------------------------------------
 
@@ -286,7 +395,8 @@ class Checkpoints:
 
     def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:
         """The newest step that verifies and restores, warning about each one skipped; None when there is none."""
-        committed = [s for s in self.manager.all_steps(read=True) if (self.directory / str(s)).is_dir()]
+        self.manager.reload()  # another process may have saved or deleted since
+        committed = [s for s in self.manager.all_steps() if (self.directory / str(s)).is_dir()]
         good = set(self.good_steps())
         for step in sorted(set(committed) | good, reverse=True):
             try:
@@ -308,7 +418,8 @@ class Checkpoints:
 
     def listing(self) -> list[dict]:
         """Every step on disk, newest first, with its digest check and summary."""
-        steps = set(self.manager.all_steps(read=True)) | set(self.good_steps())
+        self.manager.reload()
+        steps = set(self.manager.all_steps()) | set(self.good_steps())
         rows = []
         for step in sorted(steps, reverse=True):
             record = self.record(step) or {}
@@ -322,4 +433,9 @@ class Checkpoints:
         try:
             self.finalize()
         finally:
-            self.manager.close()
+            self.log.attach()
+            try:
+                self.manager.close()
+            finally:
+                self.log.detach()
+                self.log.flush()

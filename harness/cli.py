@@ -184,7 +184,7 @@ def _predict(args) -> int:
 
 
 def _checkpoints(args) -> int:
-    from harness.checkpoint import Checkpoints
+    from harness.checkpoint import Checkpoints, describe_position
 
     ckpt = Checkpoints(Path(args.workdir), create=False)
     try:
@@ -194,8 +194,10 @@ def _checkpoints(args) -> int:
                 print(f"{ckpt.directory}: no checkpoints")
             for r in rows:
                 fp = r.get("fingerprint") or {}
-                acc = f"test_accuracy {r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else "mid-epoch"
-                where = f"epoch {r['epoch'] + 1} step {r['step_in_epoch']}" if r.get("epoch") is not None else ""
+                known = r.get("epoch") is not None and r.get("step_in_epoch") is not None
+                where = describe_position(r["epoch"], r["step_in_epoch"]) if known else ""
+                acc = ("mid-epoch" if r["step_in_epoch"] else "not evaluated") if known else ""
+                acc = f"test_accuracy {r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else acc
                 status = "ok" if r["problem"] is None else f"NOT RESTORABLE: {r['problem']}"
                 device = f"{fp.get('platform', '?')}×{fp.get('device_count', '?')}"
                 print(f"step {r['step']:>7}  {where:<20} {acc:<22} {r.get('saved_at', '?'):<26} {device:<7} {status}")
@@ -206,7 +208,7 @@ def _checkpoints(args) -> int:
         problem = ckpt.verify(step)
         meta = ckpt.read_meta(step)
         print(f"step {step}: digest check {'ok' if problem is None else 'FAILED: ' + problem}")
-        print(f"data position: epoch {meta['epoch'] + 1}, step {meta['step_in_epoch']} of {meta['steps_per_epoch']}")
+        print(f"data position: {describe_position(meta['epoch'], meta['step_in_epoch'], meta['steps_per_epoch'])}")
         print(f"fingerprint: {json.dumps(meta['fingerprint'], sort_keys=True)}")
         print(f"metric rows saved: {len(meta['history'])}")
         print("config: " + json.dumps(meta["config"], indent=2, sort_keys=True))

@@ -15,7 +15,7 @@ from harness import config as config_lib
 from harness import hooks as hooks_lib
 from harness import models, parallel, steps
 from harness import workdir as workdir_lib
-from harness.checkpoint import Checkpoints, write_atomic
+from harness.checkpoint import Checkpoints, describe_position, write_atomic
 from harness.data import batches, datasets
 from harness.errors import WorkdirError
 from harness.loop import Loop, Progress, Run
@@ -118,10 +118,11 @@ def _resume(run: Run, ckpt: Checkpoints, host_state: Any, workdir: Path, print_f
         raise WorkdirError(f"{workdir}: its checkpoint was made on a training split of {meta['num_train']} examples")
     run.state = run.par.replicate(state)
     fp, record = meta["fingerprint"], ckpt.record(step) or {}
+    where = describe_position(meta["epoch"], meta["step_in_epoch"], run.steps_per_epoch, run.config.num_epochs)
+    number = f"{step:,}".replace(",", " ")
     print_fn(
-        f"resumed from step {step:,} (epoch {meta['epoch'] + 1} of {run.config.num_epochs}, step "
-        f"{meta['step_in_epoch']} of {run.steps_per_epoch}), saved on {fp['platform']}×{fp['device_count']} "
-        f"at {record.get('saved_at', '?')}".replace(",", " ")
+        f"resumed from step {number} ({where}), saved on {fp['platform']}×{fp['device_count']} "
+        f"at {record.get('saved_at', '?')}"
     )
     return Progress.from_meta(meta)
 
@@ -181,7 +182,10 @@ def train_and_evaluate(
             history = "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history)
             write_atomic(workdir / "metrics.jsonl", history)
         if progress.step >= config.num_epochs * run.steps_per_epoch:
-            print_fn(f"already trained: step {progress.step} of {config.num_epochs} epochs (raise num_epochs to go on)")
+            print_fn(
+                f"already trained: step {progress.step} ≥ {config.num_epochs} epoch(s) × {run.steps_per_epoch} steps; "
+                "raise --config.num_epochs to go on"
+            )
             evals = [r for r in progress.history if "test_accuracy" in r]
             return {**(evals[-1] if evals else {}), "step": progress.step, "train_seconds": progress.train_seconds}
         if hooks is None:

@@ -1,6 +1,7 @@
 """Checkpoints: digests, corruption fallback, retention, foreign folders, shapes, disk full."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,18 +9,24 @@ import textwrap
 import numpy as np
 import pytest
 
-from harness.checkpoint import TRASH_PREFIX, Checkpoints
+from harness import checkpoint
+from harness.checkpoint import Checkpoints, describe_position, write_atomic
 from harness.errors import TrainingError, WorkdirError
+from harness.retention import BAD_PREFIX, TRASH_PREFIX
 
 
 def _state(value=0.0, n=4):
     return {"w": np.full((n, 3), value, np.float32), "count": np.array(7, np.int32)}
 
 
+def _meta(step, acc=None):
+    return {"epoch": step, "step_in_epoch": 0, "test_accuracy": acc, "fingerprint": {}}
+
+
 def _saved(tmp_path, accuracies=(0.1, 0.2, 0.3), keep=10, keep_best=0):
     ckpt = Checkpoints(tmp_path, keep=keep, keep_best=keep_best, warn=lambda _: None)
     for i, acc in enumerate(accuracies, start=1):
-        assert ckpt.save(i, _state(i), {"epoch": i, "step_in_epoch": 0, "test_accuracy": acc, "fingerprint": {}})
+        assert ckpt.save(i, _state(i), _meta(i, acc))
     ckpt.close()
     return Checkpoints(tmp_path, keep=keep, keep_best=keep_best, warn=warnings.append)
 
@@ -87,10 +94,81 @@ def test_save_without_digest_is_never_restored(tmp_path):
     assert "no digest" in warnings[0]
 
 
-def test_existing_step_is_not_saved_again(tmp_path):
+def test_existing_good_step_is_not_saved_again(tmp_path):
     ckpt = _saved(tmp_path)
     assert ckpt.save(3, _state(9), {}) is False
     ckpt.close()
+    assert Checkpoints(tmp_path).restore(_state(), 3)[0]["w"][0, 0] == 3.0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda tmp_path: _flip(_largest_file(tmp_path / "checkpoints" / "3")), lambda tmp_path: _undigest(tmp_path, 3)],
+    ids=["corrupted", "no-digest"],
+)
+def test_a_step_that_is_not_good_is_replaced_by_a_fresh_save(tmp_path, damage):
+    """A kill between Orbax's commit and the digest, or a corrupted file: the next save of that step replaces it
+    (before, save() returned False and the step stayed unrestorable forever)."""
+    ckpt = _saved(tmp_path)
+    ckpt.close()
+    damage(tmp_path)
+    ckpt = Checkpoints(tmp_path, warn=warnings.append)
+    assert ckpt.restore_latest(_state())[0] == 2
+    assert ckpt.save(3, _state(33), _meta(3)) is True
+    ckpt.close()
+    assert any("step 3 is not restorable" in w and "deleted it, saving it afresh" in w for w in warnings), warnings
+    ckpt = Checkpoints(tmp_path, warn=warnings.append)
+    assert ckpt.verify(3) is None and ckpt.restore_latest(_state())[1]["w"][0, 0] == 33.0
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith((".", "3."))]
+
+
+def _undigest(tmp_path, step):
+    (tmp_path / "checkpoint_digests" / f"{step}.json").unlink()  # as if killed between commit and digest
+
+
+def test_a_foreign_folder_at_the_save_position_is_moved_aside_not_deleted(tmp_path):
+    foreign = tmp_path / "checkpoints" / "2"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    ckpt = Checkpoints(tmp_path, warn=warnings.append)
+    assert ckpt.save(1, _state(1), _meta(1)) and ckpt.save(2, _state(2), _meta(2))
+    ckpt.close()
+    (aside,) = (tmp_path / "checkpoints").glob(f"{BAD_PREFIX}2-*")
+    assert (aside / "notes.txt").read_text() == "mine"
+    assert any(f"moved it to {aside}" in w for w in warnings), warnings
+    assert Checkpoints(tmp_path).restore_latest(_state())[0] == 2
+
+
+def test_retention_counts_only_good_steps(tmp_path):
+    """Corrupt 2, save 3 with keep=2: 1 and 3 stay (before, corrupt 2 took a slot and good 1 was deleted);
+    corrupting 3 next still leaves a restorable step."""
+    ckpt = _saved(tmp_path, accuracies=(0.1, 0.2), keep=2)
+    ckpt.close()
+    _flip(_largest_file(tmp_path / "checkpoints" / "2"))
+    ckpt = Checkpoints(tmp_path, keep=2, keep_best=0, warn=warnings.append)
+    assert ckpt.save(3, _state(3), _meta(3))
+    ckpt.close()
+    assert any("step 2 is not restorable" in w and "deleted it" in w for w in warnings), warnings
+    ckpt = Checkpoints(tmp_path, keep=2, keep_best=0, warn=warnings.append)
+    assert ckpt.good_steps() == [1, 3] and ckpt.verify(1) is None and ckpt.verify(3) is None
+    _flip(_largest_file(tmp_path / "checkpoints" / "3"))
+    assert ckpt.restore_latest(_state())[0] == 1
+
+
+def test_retention_verifies_only_the_steps_it_keeps_once_per_process(tmp_path, monkeypatch):
+    _saved(tmp_path, accuracies=(0.1, 0.2, 0.9, 0.4, 0.5), keep=10).close()
+    reads = []
+    original = checkpoint._file_digests
+    monkeypatch.setattr(checkpoint, "_file_digests", lambda d: reads.append(int(d.name)) or original(d))
+    ckpt = Checkpoints(tmp_path, keep=2, keep_best=1, warn=warnings.append)
+    assert ckpt.save(6, _state(6), _meta(6, 0.3))
+    ckpt.finalize()
+    assert sorted(reads) == [3, 5, 6]  # 6 to digest it; 5 (newest but one) and 3 (best) verified; 1, 2, 4 never read
+    assert ckpt.good_steps() == [3, 5, 6]
+    reads.clear()
+    assert ckpt.save(7, _state(7), _meta(7, 0.3))
+    ckpt.close()
+    assert reads == [7] and ckpt.good_steps() == [3, 6, 7]
 
 
 def test_non_finite_parameters_are_never_saved(tmp_path):
@@ -145,6 +223,9 @@ def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_disk_full_is_one_line_and_keeps_existing_checkpoints(tmp_path):
+    """A real write failure inside Orbax's async writer (tensorstore, C++): the file size limit makes its writes fail
+    with EFBIG as a full disk fails them with ENOSPC. Orbax logs ~250 lines of tracebacks for it (absl logging); the
+    process must print one line, naming the log file that got them."""
     _saved(tmp_path).close()
     script = textwrap.dedent(
         f"""
@@ -153,17 +234,47 @@ def test_disk_full_is_one_line_and_keeps_existing_checkpoints(tmp_path):
         from harness.checkpoint import Checkpoints
         from harness.errors import WorkdirError
         ckpt = Checkpoints({str(tmp_path)!r}, keep=10)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # files above 200 kB fail, the log fits
         try:
-            ckpt.save(4, {{"w": np.random.rand(100, 1000).astype(np.float32), "count": np.array(1, np.int32)}}, {{}})
+            ckpt.save(4, {{"w": np.random.rand(500, 1000).astype(np.float32), "count": np.array(1, np.int32)}}, {{}})
             ckpt.close()
         except WorkdirError as e:
             print("ERROR:", e)
         """
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    errors = [line for line in p.stdout.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1 and "cannot write checkpoint step 4" in errors[0], p.stdout + p.stderr
+    out = (p.stdout + p.stderr).strip().splitlines()
+    log = tmp_path / "harness-errors.log"
+    assert out == [
+        f"ERROR: cannot write checkpoint step 4 in {tmp_path}/checkpoints: File too large (Orbax's details in {log})"
+    ], p.stdout + p.stderr
+    assert "Traceback" in log.read_text() and "os_error_code='27'" in log.read_text()
     ckpt = Checkpoints(tmp_path, warn=warnings.append)
     assert ckpt.good_steps() == [1, 2, 3] and all(ckpt.verify(s) is None for s in (1, 2, 3))
     assert json.loads((tmp_path / "checkpoint_digests" / "3.json").read_text())["step"] == 3
+
+
+def test_orbax_error_codes_read_as_the_os_words():
+    assert checkpoint._os_reason(ValueError("Failed to write 3 bytes [os_error_code='28']")) == os.strerror(28)
+    assert checkpoint._os_reason(OSError(13, "Permission denied")) == "Permission denied"
+
+
+def test_write_atomic_failure_is_a_workdir_error_naming_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(WorkdirError, match=f"cannot write {blocker}/config.json"):  # a file where a dir should be
+        write_atomic(blocker / "config.json", "{}")
+
+
+@pytest.mark.parametrize(
+    ("position", "text"),
+    [
+        ((10, 0, 469, 10), "end of epoch 10 of 10"),
+        ((2, 0, 235, 1), "end of epoch 2"),  # beyond a shortened run: no "of 1"
+        ((2, 462, 469, 10), "epoch 3 of 10, step 462 of 469"),
+        ((2, 5, 0, 0), "epoch 3, step 5"),
+        ((3, 5, 8, 2), "epoch 4, step 5 of 8"),  # mid-epoch beyond a shortened run
+    ],
+)
+def test_describe_position(position, text):
+    assert describe_position(*position) == text

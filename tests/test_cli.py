@@ -229,11 +229,11 @@ def test_checkpoints_listing_and_inspect(main_rc, capsys, tiny_config, tmp_path)
     train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
     assert cli.main(["checkpoints", str(tmp_path)]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[0].startswith("step      16  epoch 3 step 0") and listing[0].endswith("ok")
+    assert listing[0].startswith("step      16  end of epoch 2  ") and listing[0].endswith("ok")
     assert all("cpu×8" in line for line in listing)
     assert cli.main(["checkpoints", str(tmp_path), "--inspect", "16"]) == 0
     out = capsys.readouterr().out
-    assert "digest check ok" in out and "data position: epoch 3, step 0 of 8" in out and '"model": "mlp_tiny"' in out
+    assert "digest check ok" in out and "data position: end of epoch 2\n" in out and '"model": "mlp_tiny"' in out
     assert "no such checkpoint" in assert_one_line_error(main_rc("checkpoints", str(tmp_path), "--inspect", "5"))
 
 

@@ -1,8 +1,12 @@
-"""Resuming: bit-exact after a stop mid-epoch, other device counts, refusals, NaN, fine-tuning."""
+"""Resuming: bit-exact after a stop mid-epoch, other device counts, refusals, NaN, fine-tuning, a final step that is
+not good, a read-only workdir, and the lines that describe positions."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 
 import jax
 import numpy as np
@@ -10,8 +14,8 @@ import pytest
 from conftest import final_checkpoint
 from events import read_events
 
+from harness import cli, loop, train
 from harness import hooks as hooks_lib
-from harness import loop, train
 from harness.checkpoint import Checkpoints
 from harness.errors import TrainingError, WorkdirError
 from harness.loop import TIMING_KEYS
@@ -170,3 +174,84 @@ def test_several_steps_per_dispatch_resume_bitwise_and_match_single_steps(tiny_c
     resumed, resumed_meta = final_checkpoint(stopped)
     _assert_bitwise_equal(resumed, fused)
     assert _history(resumed_meta) == _history(fused_meta)
+
+
+def _flip_largest(step_dir):
+    path = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("damage", ["no-digest", "corrupted"])
+def test_a_final_step_that_is_not_good_is_trained_again_and_saved(tiny_config, tmp_path, damage):
+    """A kill between Orbax's commit and the digest of the final step (or a corrupted final step): the rerun trains
+    8 → 16 again and must save 16 afresh, bit-identical; before, every rerun retrained and left 16 unrestorable."""
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    before, _ = final_checkpoint(tmp_path)
+    if damage == "no-digest":
+        (tmp_path / "checkpoint_digests" / "16.json").unlink()
+    else:
+        _flip_largest(tmp_path / "checkpoints" / "16")
+    lines = []
+    assert train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)["step"] == 16
+    assert any(line.startswith("resumed from step 8 (end of epoch 1 of 2)") for line in lines), lines
+    assert any("step 16 is not restorable" in line and "saving it afresh" in line for line in lines), lines
+    ckpt = Checkpoints(tmp_path, create=False)
+    assert ckpt.good_steps() == [8, 16] and all(r["problem"] is None for r in ckpt.listing())
+    ckpt.close()
+    _assert_bitwise_equal(final_checkpoint(tmp_path)[0], before)
+    lines.clear()
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)
+    assert any(line.startswith("already trained: step 16") for line in lines), lines
+
+
+def test_checkpoint_listing_and_resume_lines_name_finished_epochs(tiny_config, tmp_path, capsys):
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    accuracy = {
+        r["epoch"]: r["test_accuracy"] for r in final_checkpoint(tmp_path)[1]["history"] if "test_accuracy" in r
+    }
+    assert cli.main(["checkpoints", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:6] for line in listing] == [
+        ["16", "end", "of", "epoch", "2"],
+        ["8", "end", "of", "epoch", "1"],
+    ], listing
+    for line, epoch in zip(listing, (2, 1), strict=True):
+        assert f"test_accuracy {accuracy[epoch]:.4f}" in line  # the eval saved with that checkpoint
+    tiny_config.num_epochs = 1
+    lines = []
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lines.append)
+    assert any(line.startswith("resumed from step 16 (end of epoch 2), saved on cpu×8") for line in lines), lines
+    assert "already trained: step 16 ≥ 1 epoch(s) × 8 steps; raise --config.num_epochs to go on" in lines
+
+
+@contextlib.contextmanager
+def _unwritable(directory):
+    """Makes ``directory`` refuse new files. Tests run as root here, and root ignores permission bits, so as root
+    this sets the immutable flag (chattr +i), which binds root too; otherwise it drops the write bits."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("root without a working chattr +i here: no way to make a directory unwritable for root")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(directory)], check=True)
+
+
+def test_resuming_in_a_read_only_workdir_is_one_line(tiny_data_dir, tmp_path, capsys):
+    args = ["train", "--config", "smoke", "--workdir", str(tmp_path), f"--config.data_dir={tiny_data_dir}"]
+    args += ["--config.batch_size=64", "--config.report=False"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    with _unwritable(tmp_path):
+        assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"harness: error: cannot write {tmp_path}/config.json ("), err
