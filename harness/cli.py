@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import colab
+from harness import colab, settings
 from harness.errors import HarnessError, TrainingError
 
 EXIT_USAGE = 2
@@ -268,16 +269,56 @@ def _data(args) -> int:
     return 0
 
 
-def _cpu_devices() -> None:
-    """``HARNESS_CPU_DEVICES=N`` splits the CPU into N XLA devices (must happen before jax starts)."""
-    wanted = os.environ.get("HARNESS_CPU_DEVICES", "").strip()
-    if not wanted:
+def _warn(message: str) -> None:
+    print(f"harness: warning: {message}", file=sys.stderr)
+
+
+def _settings() -> settings.Settings:
+    """Every ``HARNESS_*`` variable, checked before anything runs; a name harness does not know gets a warning."""
+    env = settings.load()
+    for name in env.unknown:
+        _warn(f"{name} is not a harness variable (ignored); known: {', '.join(settings.VARIABLES)}")
+    return env
+
+
+def _jax_cpu_device_count() -> int | None:
+    """How many CPU devices JAX has in this process if its backends have started already (a notebook that ran JAX
+    code, an earlier in-process call), else None; -1 when started but the count is unknown."""
+    if "jax" not in sys.modules:
+        return None
+    try:
+        from jax._src import xla_bridge  # jax 0.10 has no public way to ask without starting them
+
+        if not xla_bridge.backends_are_initialized():
+            return None
+    except (ImportError, AttributeError):
+        return None
+    try:
+        return len(sys.modules["jax"].devices("cpu"))
+    except RuntimeError:
+        return -1
+
+
+def _cpu_devices(wanted: int | None) -> None:
+    """``HARNESS_CPU_DEVICES=N`` splits the CPU into N XLA devices: it sets ``XLA_FLAGS``, which only counts before
+    JAX starts its backends. Set too late, or against another count in ``XLA_FLAGS``, it warns instead."""
+    if wanted is None:
         return
-    if not wanted.isdigit() or int(wanted) < 1:
-        raise HarnessError(f"HARNESS_CPU_DEVICES={wanted!r}: expected a positive integer")
+    started = _jax_cpu_device_count()
+    if started is not None:
+        if started != wanted:
+            _warn(
+                f"HARNESS_CPU_DEVICES={wanted} has no effect: JAX has already started in this process"
+                + (f" with {started} CPU device(s)" if started >= 0 else "")
+                + "; set it before the first JAX call (in a notebook: restart the kernel and set it first)"
+            )
+        return
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(wanted)}".strip()
+    found = re.search(r"--xla_force_host_platform_device_count=(\S*)", flags)
+    if found is None:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={wanted}".strip()
+    elif found.group(1) != str(wanted):
+        _warn(f"HARNESS_CPU_DEVICES={wanted} has no effect: XLA_FLAGS already sets {found.group(0)}")
 
 
 def _quiet_libraries() -> None:
@@ -294,10 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     args, extra = _parser().parse_known_args(argv)
     try:
+        env = _settings()
         if extra and args.command not in ("train", "bench"):
             raise HarnessError(f"unrecognized arguments: {' '.join(extra)}")
         _check_workdir(args)
-        _cpu_devices()
+        _cpu_devices(env.cpu_devices)
         _quiet_libraries()
         if args.command == "train":
             return _train(args, extra)

@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.parallel = "pmap"
     c.num_devices = 0  # 0 = every local device
-    c.distributed = False  # True: jax.distributed.initialize() first (multi-process; README "Several hosts")
+    # True: jax.distributed.initialize() first (multi-process; README "Several hosts"); unset (None):
+    # HARNESS_DISTRIBUTED decides, else off. A True or False set here or by --config.distributed wins.
+    c.distributed = ml_collections.config_dict.placeholder(bool)
     c.log_every_steps = 128
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
@@ -142,8 +144,11 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(config.keys()))}")
+    current = node[leaf]
+    if current is None and node.get_type(leaf) is bool:
+        current = False  # an unset bool placeholder (config.distributed) parses as a bool
     with config.unlocked():
-        node[leaf] = _convert(key, text, node[leaf])
+        node[leaf] = _convert(key, text, current)
 
 
 def _positive(config, key: str, kind=(int,)) -> None:

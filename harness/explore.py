@@ -29,6 +29,7 @@ def summary(split: Split, class_names: list[str], name: str, split_name: str) ->
     return "\n".join(lines)
 
 
+@pictures.drawing()
 def sample_grid(split: Split, names: list[str], per_class: int = 10) -> plt.Figure:
     """``per_class`` examples of every class, one row per class, labelled with the class name."""
     rows = []
@@ -50,6 +51,7 @@ def sample_grid(split: Split, names: list[str], per_class: int = 10) -> plt.Figu
     return fig
 
 
+@pictures.drawing()
 def pixel_matrix(image: np.ndarray, title: str) -> plt.Figure:
     """One image as its 28×28 matrix: every pixel's value printed in its cell, shaded by intensity."""
     pixels = np.asarray(image).reshape(28, 28)
@@ -66,6 +68,7 @@ def pixel_matrix(image: np.ndarray, title: str) -> plt.Figure:
     return fig
 
 
+@pictures.drawing()
 def flat_vector(image: np.ndarray, title: str) -> plt.Figure:
     """The same image flattened to its 784-vector: a strip of intensities and a bar per value."""
     flat = np.asarray(image).reshape(-1).astype(int)
@@ -84,6 +87,7 @@ def flat_vector(image: np.ndarray, title: str) -> plt.Figure:
     return fig
 
 
+@pictures.drawing()
 def class_means_and_balance(split: Split, names: list[str]) -> plt.Figure:
     """The mean image of every class, and how many examples each class has."""
     fig = plt.figure(figsize=(12, 5.2))

@@ -24,8 +24,8 @@ import collections
 import os
 import socket
 import time
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from harness import steps
+from harness import settings, steps
 from harness.errors import ConfigError
 
 AXIS = "devices"
@@ -42,34 +42,39 @@ STRATEGIES = ("pmap", "jit")
 REPL, SPLIT, SPLIT_1 = P(), P(AXIS), P(None, AXIS)
 
 
-def enable_compilation_cache() -> str | None:
-    """Turns on JAX's persistent compilation cache in a per-user dir (``$XDG_CACHE_HOME/harness/jax``, else
-    ``~/.cache/harness/jax``); ``HARNESS_COMPILATION_CACHE`` names another dir, or ``off``. Returns the dir."""
-    choice = os.environ.get("HARNESS_COMPILATION_CACHE", "").strip()
-    if choice.lower() in ("0", "off", "false", "no"):
+def enable_compilation_cache(announce: Callable[[str], Any] | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache in ``HARNESS_COMPILATION_CACHE`` (default
+    ``~/.cache/harness/jax``; ``off`` disables) and returns the dir (None: off, or the dir cannot be made).
+
+    For the entry points (``harness train``, ``train_and_evaluate``): ``announce`` gets one line saying so the first
+    time this process turns it on."""
+    directory = settings.load().compilation_cache
+    if directory is None:
         return None
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "jax"
-    directory = Path(choice).expanduser() if choice else base
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None  # an unwritable cache dir only costs compile time
+    already = jax.config.jax_compilation_cache_dir == str(directory)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if announce is not None and not already:
+        announce(f"compilation cache: {settings.display_path(directory)} (HARNESS_COMPILATION_CACHE=off to disable)")
     return str(directory)
 
 
-def initialize_distributed(enabled: bool = False) -> bool:
-    """Joins a multi-process run through ``jax.distributed.initialize`` when ``enabled`` or ``HARNESS_DISTRIBUTED=1``.
+def initialize_distributed(enabled: bool | None = None) -> bool:
+    """Joins a multi-process run through ``jax.distributed.initialize`` when ``enabled``; None (a config that leaves
+    ``distributed`` unset) means ``HARNESS_DISTRIBUTED``, else off. An explicit True or False wins over the variable.
 
     With no more settings JAX finds the cluster itself (Cloud TPU, SLURM, Open MPI, Kubernetes); elsewhere
     ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` name it.
     ``HARNESS_DISTRIBUTED_TIMEOUT`` bounds the wait for the other processes (seconds, default 300). Must run before
     anything asks JAX for devices. Returns whether this process is part of a multi-process run.
     """
-    enabled = enabled or os.environ.get("HARNESS_DISTRIBUTED", "").strip().lower() in ("1", "true", "yes")
-    if not enabled:
+    known = settings.load()
+    if not (known.distributed if enabled is None else enabled):
         return False
     if jax.distributed.is_initialized():
         return True
@@ -80,14 +85,12 @@ def initialize_distributed(enabled: bool = False) -> bool:
             if not value.isdigit():
                 raise ConfigError(f"{env}={value!r}: expected a non-negative integer")
             kwargs[key] = int(value)
-    timeout = os.environ.get("HARNESS_DISTRIBUTED_TIMEOUT", "300").strip()
-    if not timeout.isdigit() or int(timeout) < 1:
-        raise ConfigError(f"HARNESS_DISTRIBUTED_TIMEOUT={timeout!r}: expected a positive number of seconds")
+    timeout = known.distributed_timeout
     address = os.environ.get("JAX_COORDINATOR_ADDRESS", "").strip()
     if address and kwargs.get("process_id"):
-        _wait_for_coordinator(address, int(timeout))  # JAX itself aborts the process when it cannot register
+        _wait_for_coordinator(address, timeout)  # JAX itself aborts the process when it cannot register
     try:
-        jax.distributed.initialize(initialization_timeout=int(timeout), **kwargs)
+        jax.distributed.initialize(initialization_timeout=timeout, **kwargs)
     except (ValueError, TypeError, RuntimeError) as e:
         first = " ".join(str(e).split())[:300]
         raise ConfigError(

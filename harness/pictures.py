@@ -1,16 +1,22 @@
-"""Shared picture plumbing: matplotlib on the Agg backend, one style, PNG files and a self-contained HTML page."""
+"""Shared picture plumbing: one style, PNG files and a self-contained HTML page.
+
+Importing harness changes no matplotlib setting: figures are drawn inside :func:`drawing`, which applies the style
+for the duration (``matplotlib.rc_context``) and picks the Agg backend only when none was chosen and there is no
+display (a notebook's or the user's backend is left alone).
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # no display needed
-
+import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -19,23 +25,38 @@ MATRIX_CMAP = "Blues"
 ACCENT = "#1f77b4"
 DPI = 100
 
-plt.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "font.size": 9, "axes.titlesize": 11})
+STYLE = {"figure.dpi": DPI, "savefig.dpi": DPI, "font.size": 9, "axes.titlesize": 11}
+
+
+def _headless() -> bool:
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@contextlib.contextmanager
+def drawing() -> Iterator[None]:
+    """Harness' style while the block (or the decorated function) runs; Agg when no backend was chosen and there is
+    no display. Wrap every function that creates figures or artists in it."""
+    if matplotlib.rcParams._get_backend_or_none() is None and _headless():
+        matplotlib.use("Agg")  # what matplotlib would pick after probing for GUI toolkits
+    with matplotlib.rc_context(STYLE):
+        yield
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
     """Writes ``fig`` as a PNG (exactly its figure size × DPI pixels) and closes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", facecolor="white")
+    fig.savefig(path, format="png", facecolor="white", dpi=DPI)
     plt.close(fig)
     return path
 
 
 def figure_to_array(path: Path) -> np.ndarray:
     """The RGB(A) pixels of a PNG written by :func:`save` (for TensorBoard images and tests)."""
-    return plt.imread(str(path))
+    return matplotlib.image.imread(str(path))
 
 
+@drawing()
 def image_grid(
     images: np.ndarray,
     titles: Sequence[str],

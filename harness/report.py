@@ -58,6 +58,7 @@ def _test_builder(config, workdir: Path):
     return datasets.ensure_prepared(config.dataset, data_dir)[0]
 
 
+@pictures.drawing()
 def learning_curves(rows: list[dict]) -> plt.Figure:
     """Train and test loss, and test accuracy, against epochs."""
     train = [r for r in rows if "test_accuracy" not in r and "train_loss" in r]
@@ -107,6 +108,7 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
 
 
+@pictures.drawing()
 def confusion_figure(counts: np.ndarray, names: list[str]) -> plt.Figure:
     """The confusion matrix with counts in the cells, and per-class accuracy beside it."""
     n = len(names)
@@ -134,6 +136,7 @@ def confusion_figure(counts: np.ndarray, names: list[str]) -> plt.Figure:
     return fig
 
 
+@pictures.drawing()
 def worst_mistakes(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, names: list[str]) -> plt.Figure:
     """The most confidently misclassified images, with true and predicted labels and the probability."""
     predicted = probs.argmax(-1)

@@ -47,7 +47,6 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
     """
     devices = parallel.select_devices(config.num_devices)
     config_lib.validate(config, len(devices))
-    parallel.enable_compilation_cache()
     builder, source = _prepare_data(config)
     print_fn(f"training {config.model} on {config.dataset} ({source})")
     train, test = datasets.load_split(builder, "train"), datasets.load_split(builder, "test")
@@ -166,6 +165,7 @@ def train_and_evaluate(
     print_fn = print_fn if main else _silent
     config_lib.validate(config, len(parallel.select_devices(config.num_devices)))
     workdir = workdir_lib.check(workdir)  # resolved; nothing created yet
+    parallel.enable_compilation_cache(announce=print_fn)  # says so once per process
     run, host_state = setup(config, print_fn)
     if main:
         workdir_lib.claim(workdir)

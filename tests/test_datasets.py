@@ -164,3 +164,25 @@ def test_decoded_splits_are_cached_and_a_bad_cache_is_decoded_again(tiny_data_di
     monkeypatch.setenv("HARNESS_DATA_CACHE", "off")
     cached.unlink()
     assert np.array_equal(datasets.load_split(b, "train").labels, first.labels) and not cached.exists()
+
+
+def test_the_data_cache_keeps_one_file_per_dataset_and_split(tiny_idx_dir, tiny_data_dir, tmp_path, monkeypatch):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HARNESS_DATA_CACHE", str(cache))
+    for name, split in (("mnist", "train"), ("mnist", "test"), ("fashion_mnist", "train")):
+        datasets.load_split(datasets.builder(name, tiny_data_dir), split)
+    kept = sorted(p.name for p in cache.iterdir() if not p.name.startswith("mnist-3.1.0-train-"))
+    (cache / "mnist-3.0.9-train-0123456789abcdef.npz").write_bytes(b"another version")
+    killed = cache / ".mnist-3.1.0-train-0123456789abcdef.npz.99999.tmp.npz"  # a killed writer's, two hours ago
+    killed.write_bytes(b"half")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    writing = cache / ".mnist-3.1.0-train-fedcba9876543210.npz.99998.tmp.npz"  # another process, writing now
+    writing.write_bytes(b"half")
+    other = datasets.prepare_from_dir("mnist", tiny_idx_dir, str(tmp_path / "tfds"))  # another data dir: a new key
+    datasets.load_split(other, "train")
+    (new,) = [p.name for p in cache.glob("mnist-*-train-*.npz")]
+    assert new == datasets._cache_path(other, "train").name
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*kept, new, writing.name])

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import socket
+import time
 import urllib.parse
 import zipfile
 from pathlib import Path
@@ -27,6 +28,7 @@ from tensorflow_datasets.core import utils as tfds_utils
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
+from harness import settings
 from harness.data import idx
 from harness.errors import DataError
 
@@ -136,7 +138,7 @@ def class_names(name: str) -> list[str]:
 
 def _online(url: str, timeout: float = 3.0) -> bool:
     """Whether the download site answers; ``HARNESS_OFFLINE=1`` says no without asking."""
-    if os.environ.get("HARNESS_OFFLINE", "") not in ("", "0"):
+    if settings.load().offline:
         return False
     parts = urllib.parse.urlparse(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -203,17 +205,32 @@ def _decode_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
 
 
 def _cache_path(b: tfds.core.DatasetBuilder, split: str) -> Path | None:
-    """Where the decoded ``split`` is cached: ``HARNESS_DATA_CACHE`` (default ``~/.cache/harness/data``; ``off``
+    """Where the decoded ``split`` is cached: in ``HARNESS_DATA_CACHE`` (default ``~/.cache/harness/data``; ``off``
     disables), named after the split's ArrayRecord files (path, size, mtime), so a re-prepared split misses it."""
-    choice = os.environ.get("HARNESS_DATA_CACHE", "").strip()
-    if choice.lower() in ("0", "off", "false", "no"):
-        return None
+    directory = settings.load().data_cache
     files = sorted(Path(b.data_dir).glob(f"{b.name}-{split}.array_record*"))
-    if not files:
+    if directory is None or not files:
         return None
     key = hashlib.sha256("|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "data"
-    return (Path(choice).expanduser() if choice else base) / f"{b.name}-{b.version}-{split}-{key.hexdigest()[:16]}.npz"
+    return directory / f"{b.name}-{b.version}-{split}-{key.hexdigest()[:16]}.npz"
+
+
+def _write_cache(path: Path, data: Split, dataset: str, split: str) -> None:
+    """Writes ``path`` atomically, then removes the other entries of ``dataset``'s ``split`` (any version or key)
+    and temporary files a killed writer left over an hour ago: the cache holds one entry per dataset and split."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=data.images, labels=data.labels)
+        tmp.replace(path)
+        stale = [p for p in path.parent.glob(f"{dataset}-*-{split}-*.npz") if p != path]
+        stale += [
+            p for p in path.parent.glob(f".{dataset}-*-{split}-*.tmp.npz") if time.time() - p.stat().st_mtime > 3600
+        ]
+        for old in stale:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # an unwritable cache only costs the decoding next time
 
 
 def _read_cache(path: Path, count: int) -> Split | None:
@@ -229,7 +246,9 @@ def _read_cache(path: Path, count: int) -> Split | None:
 
 def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
     """Reads a whole split through ``as_data_source`` into host arrays, once: later calls read the decoded arrays
-    from a cache file (47 MB for Fashion-MNIST's train split: ~0.1 s instead of ~2 s of per-record decoding)."""
+    from a cache file (47 MB for Fashion-MNIST's train split: ~0.1 s instead of ~2 s of per-record decoding). The
+    cache keeps one file per dataset and split: writing a new one (another data dir, a re-prepared split, another
+    version) removes the old one, so it holds at most four files (55 MB for Fashion-MNIST's two splits)."""
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; allowed: train, test")
     path = _cache_path(b, split)
@@ -239,11 +258,5 @@ def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
             return cached
     data = _decode_split(b, split)
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, images=data.images, labels=data.labels)
-            tmp.replace(path)
-        except OSError:
-            pass  # an unwritable cache only costs the decoding next time
+        _write_cache(path, data, b.name, split)
     return data
