@@ -15,9 +15,10 @@ from pathlib import Path
 
 import ml_collections
 
+from harness import paths, settings
 from harness.errors import ConfigError
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = paths.shipped("configs")  # configs/ of the checkout, packaged in every wheel
 
 ALLOWED = {
     "dataset": ("mnist", "fashion_mnist"),
@@ -47,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9  # sgd only
     c.weight_decay = 1e-4  # adamw only
     c.schedule = "constant"
-    c.warmup_epochs = 0.0  # warmup_cosine only
+    c.warmup_fraction = 0.0  # warmup_cosine only: the share of all training steps spent warming up, in [0, 1)
     c.seed = 0
     c.parallel = "pmap"
     c.num_devices = 0  # 0 = every local device
@@ -106,12 +107,14 @@ def load(name_or_path: str = "default", overrides: Sequence[str] = ()) -> ml_col
 
 
 def _convert(key: str, text: str, current):
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes"):
+    if isinstance(current, bool):  # the same words as the HARNESS_* switches
+        if text.strip().lower() in settings.TRUE_WORDS:
             return True
-        if text.lower() in ("0", "false", "no"):
+        if text.strip().lower() in settings.FALSE_WORDS:
             return False
-        raise ConfigError(f"config.{key}={text!r}: expected true or false")
+        raise ConfigError(
+            f"config.{key}={text!r}: expected one of {', '.join(settings.TRUE_WORDS + settings.FALSE_WORDS)}"
+        )
     if isinstance(current, int | float):
         try:
             value = type(current)(text) if isinstance(current, float) else int(text)
@@ -205,8 +208,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _seed(config)
     if not all(isinstance(h, int) and h > 0 for h in config.mlp_hidden):
         raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")
-    if not 0 <= config.warmup_epochs < config.num_epochs:
-        raise ConfigError(f"config.warmup_epochs={config.warmup_epochs}: must be in [0, num_epochs)")
+    if not 0 <= config.warmup_fraction < 1:
+        raise ConfigError(f"config.warmup_fraction={config.warmup_fraction}: must be in [0, 1) (a share of the run)")
     for key in ("checkpoint_every_steps", "keep_best"):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 0:
             raise ConfigError(f"config.{key}={config[key]!r}: must be an integer >= 0")

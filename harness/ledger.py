@@ -189,6 +189,11 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     """Throughput against batch size per device kind, and the step-time spread of every point."""
     from harness import pictures
 
+    with pictures.drawing():
+        return _plots(rows, out, pictures)
+
+
+def _plots(rows: list[dict], out: Path, pictures) -> list[Path]:
     plt = pictures.plt
     series: dict = defaultdict(list)
     for row in rows:

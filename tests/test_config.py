@@ -146,3 +146,11 @@ def test_steps_per_dispatch_auto_policy():
     assert parallel.steps_per_dispatch(0, one, 128, 24) == 8
     assert parallel.steps_per_dispatch(0, eight, 128, 0) == 1
     assert parallel.steps_per_dispatch(2, eight, 128, 0) == 2
+
+
+def test_boolean_overrides_take_the_same_words_as_the_harness_switches():
+    assert config_lib.load("smoke", ["report=off"]).report is False
+    assert config_lib.load("smoke", ["report=on", "distributed=no"]).report is True
+    words = "1, true, yes, on, 0, false, no, off"
+    with pytest.raises(ConfigError, match=rf"config.report='maybe': expected one of {words}"):
+        config_lib.load("smoke", ["report=maybe"])
