@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -181,6 +182,48 @@ def select_devices(num_devices: int = 0) -> list:
     return available[: num_devices or len(available)]
 
 
+def needed_bytes(compiled) -> int | None:
+    """Device memory one compiled program needs per device (XLA's estimate: arguments, outputs and temporaries,
+    less donated buffers), or None where the backend does not say."""
+    try:
+        m = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError, jax.errors.JaxRuntimeError):
+        return None
+    m = m[0] if isinstance(m, list | tuple) else m
+    if m is None:
+        return None
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+def available_bytes(devices: list) -> int | None:
+    """Free memory per device: what an accelerator reports (limit − in use), or for CPU devices the host's available
+    memory shared among them; None when unknown."""
+    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    if devices[0].platform != "cpu":
+        return None
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    except (OSError, ValueError):
+        return None
+    kib = int(meminfo.get("MemAvailable", "0 kB").split()[0])
+    return kib * 1024 // len([d for d in devices if d.process_index == jax.process_index()])
+
+
+def check_memory(compiled: list, devices: list) -> None:
+    """Stops with one line, before the first step, when a compiled step needs more memory than a device has."""
+    if jax.process_count() > 1:  # hosts may differ: a one-sided stop would leave the others waiting
+        return
+    needs = [n for n in (needed_bytes(c) for c in compiled) if n is not None]
+    have = available_bytes(devices)
+    if needs and have is not None and max(needs) > have:
+        raise ConfigError(
+            f"the train step needs {max(needs) / 2**30:.1f} GiB per device (XLA's estimate) but {devices[0].platform} "
+            f"has {max(have, 0) / 2**30:.1f} GiB free per device: use a smaller config.batch_size (or model)"
+        )
+
+
 class Parallel:
     """Places state and data on devices and runs the compiled train/eval steps."""
 
@@ -283,6 +326,10 @@ class Parallel:
             self._fns["train_steps"] = self._fns["train_steps"].lower(state, train_data, several).compile()
         self._fns["train"] = self._fns["train"].lower(state, train_data, indices).compile()
         self._fns["eval"] = self._fns["eval"].lower(state.params, eval_data, indices).compile()
+        check_memory(
+            [self._fns[n] for n in ("train", "train_steps", "eval") if hasattr(self._fns[n], "memory_analysis")],
+            self.devices,
+        )
         return time.perf_counter() - start
 
     def lower(self, name: str, *args):

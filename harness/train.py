@@ -17,7 +17,7 @@ from harness import models, parallel, steps
 from harness import workdir as workdir_lib
 from harness.checkpoint import Checkpoints, describe_position, write_atomic
 from harness.data import batches, datasets
-from harness.errors import WorkdirError
+from harness.errors import ConfigError, WorkdirError
 from harness.loop import Loop, Progress, Run
 from harness.preemption import StopSignals
 
@@ -35,7 +35,7 @@ TRAJECTORY_KEYS = (
     "momentum",
     "weight_decay",
     "schedule",
-    "warmup_epochs",
+    "warmup_fraction",
     "seed",
 )
 
@@ -48,8 +48,15 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
     devices = parallel.select_devices(config.num_devices)
     config_lib.validate(config, len(devices))
     builder, source = _prepare_data(config)
+    if not config.data_dir:  # record where the data is: eval, predict and report then read the run's own
+        config = config.copy_and_resolve_references()
+        config.data_dir = str(Path(builder.data_dir).parents[1])  # DATA_DIR/NAME/VERSION
     print_fn(f"training {config.model} on {config.dataset} ({source})")
     train, test = datasets.load_split(builder, "train"), datasets.load_split(builder, "test")
+    if config.batch_size > len(train):
+        raise ConfigError(
+            f"config.batch_size={config.batch_size}: larger than the training split ({len(train)} examples)"
+        )
     spe = batches.steps_per_epoch(len(train), config.batch_size)
     tx = steps.make_optimizer(config, spe)
     conv = parallel.conv_impl(config.conv, devices)
@@ -167,42 +174,57 @@ def train_and_evaluate(
     workdir = workdir_lib.check(workdir)  # resolved; nothing created yet
     parallel.enable_compilation_cache(announce=print_fn)  # says so once per process
     run, host_state = setup(config, print_fn)
-    if main:
-        workdir_lib.claim(workdir)
-    parallel.barrier("harness-workdir-claimed")
-    ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)
-    try:
-        progress = _resume(run, ckpt, host_state, workdir, print_fn)
-        if progress is None:
-            progress = Progress()
-            if config.init_from:
-                _init_from(run, host_state, config.init_from, print_fn)
-        if main:
-            write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-            history = "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history)
-            write_atomic(workdir / "metrics.jsonl", history)
-        if progress.step >= config.num_epochs * run.steps_per_epoch:
-            print_fn(
-                f"already trained: step {progress.step} ≥ {config.num_epochs} epoch(s) × {run.steps_per_epoch} steps; "
-                "raise --config.num_epochs to go on"
-            )
-            evals = [r for r in progress.history if "test_accuracy" in r]
-            return {**(evals[-1] if evals else {}), "step": progress.step, "train_seconds": progress.train_seconds}
-        if hooks is None:
-            hooks = default_hooks(config, workdir, print_fn) if main else []
-        with StopSignals(multi_process) as stop:
-            summary = Loop(run, list(hooks), ckpt, progress, print_fn, clock, stop.check, started)()
-        if "stopped" not in summary and config.report:
-            ckpt.finalize()  # every process: a save ends with a barrier
-            if main:
-                from harness.report import write_report
+    with workdir_lib.claimed(workdir, main):
+        parallel.barrier("harness-workdir-claimed")
+        ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)
+        try:
+            progress = _start(run, ckpt, host_state, workdir, print_fn)
+            if progress.step >= config.num_epochs * run.steps_per_epoch:
+                return _already_trained(run, progress, print_fn)
+            if hooks is None:
+                hooks = default_hooks(config, workdir, print_fn) if main else []
+            with StopSignals(multi_process) as stop:
+                summary = Loop(run, list(hooks), ckpt, progress, print_fn, clock, stop.check, started)()
+            _finish(summary, run.config, ckpt, workdir, print_fn)
+            return summary
+        finally:
+            ckpt.close()
 
-                print_fn(f"report: {write_report(workdir)}")
-        if "stopped" in summary:
-            print_fn(
-                f"stopped by {summary['stopped']} at step {summary['step']}; checkpoint saved in {ckpt.directory}. "
-                f"Resume with the same command (harness train ... --workdir {workdir})"
-            )
-        return summary
-    finally:
-        ckpt.close()
+
+def _start(run: Run, ckpt: Checkpoints, host_state: Any, workdir: Path, print_fn) -> Progress:
+    """Resumes (or initialises) the run and writes its config and metric history into the workdir."""
+    config = run.config
+    progress = _resume(run, ckpt, host_state, workdir, print_fn)
+    if progress is None:
+        progress = Progress()
+        if config.init_from:
+            _init_from(run, host_state, config.init_from, print_fn)
+    if parallel.is_main_process():
+        write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        history = "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history)
+        write_atomic(workdir / "metrics.jsonl", history)
+    return progress
+
+
+def _already_trained(run: Run, progress: Progress, print_fn) -> dict:
+    print_fn(
+        f"already trained: step {progress.step} ≥ {run.config.num_epochs} epoch(s) × {run.steps_per_epoch} steps; "
+        "raise --config.num_epochs to go on"
+    )
+    evals = [r for r in progress.history if "test_accuracy" in r]
+    return {**(evals[-1] if evals else {}), "step": progress.step, "train_seconds": progress.train_seconds}
+
+
+def _finish(summary: dict, config: ml_collections.ConfigDict, ckpt: Checkpoints, workdir: Path, print_fn) -> None:
+    """The report of a finished run, or how to resume a stopped one."""
+    if "stopped" in summary:
+        print_fn(
+            f"stopped by {summary['stopped']} at step {summary['step']}; checkpoint saved in {ckpt.directory}. "
+            f"Resume with the same command (harness train ... --workdir {workdir})"
+        )
+    elif config.report:
+        ckpt.finalize()  # every process: a save ends with a barrier
+        if parallel.is_main_process():
+            from harness.report import write_report
+
+            print_fn(f"report: {write_report(workdir)}")

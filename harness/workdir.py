@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import harness
-from harness.errors import WorkdirError
+from harness.errors import HarnessError, TrainingError, WorkdirError
 
 MARKER = ".harness-workdir"
 
@@ -37,3 +40,34 @@ def claim(workdir: str | Path) -> Path:
     except OSError as e:
         raise WorkdirError(f"{workdir}: cannot write here ({e.strerror or e})") from None
     return workdir
+
+
+@contextlib.contextmanager
+def claimed(workdir: Path, main: bool = True) -> Iterator[Path]:
+    """Claims ``workdir`` (process 0 only) for a run; when the run fails with a :class:`HarnessError` other than a
+    :class:`TrainingError` before any checkpoint exists, removes what this run created (a new workdir, or the
+    contents it put into an empty one), so a refused run leaves nothing half-made behind."""
+    existed = workdir.is_dir()
+    fresh = not existed or not any(workdir.iterdir())
+    if main:
+        claim(workdir)
+    try:
+        yield workdir
+    except TrainingError:
+        raise
+    except HarnessError:
+        checkpoints = workdir / "checkpoints"
+        if main and fresh and not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+            _discard(workdir, keep_dir=existed)
+        raise
+
+
+def _discard(workdir: Path, keep_dir: bool) -> None:
+    if not keep_dir:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for entry in workdir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

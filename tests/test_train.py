@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,3 +93,64 @@ def test_every_shipped_config_accepts_the_first_overrides_users_make(name):
 def test_warmup_fraction_outside_0_1_is_refused():
     with pytest.raises(ConfigError, match=r"warmup_fraction=1.0: must be in \[0, 1\)"):
         config_lib.validate(config_lib.load("fashion_mnist_mlp", ["warmup_fraction=1"]), 1)
+
+
+def _train_cli(tiny_data_dir, workdir, *overrides) -> list:
+    args = ["train", "--config", "smoke", "--workdir", str(workdir), f"--config.data_dir={tiny_data_dir}"]
+    return [*args, "--config.report=false", *overrides]
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_and_leaves_nothing(tiny_data_dir, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert cli.main(_train_cli(tiny_data_dir, workdir, "--config.batch_size=1000000000")) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "harness: error: config.batch_size=1000000000: larger than the training split (512 examples)"
+    ]
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("existing_empty_dir", [False, True])
+def test_a_step_that_cannot_fit_in_memory_stops_before_training_and_leaves_nothing(
+    tiny_data_dir, tmp_path, capsys, monkeypatch, existing_empty_dir
+):
+    from harness import parallel
+
+    workdir = tmp_path / "run"
+    if existing_empty_dir:
+        workdir.mkdir()
+    monkeypatch.setattr(parallel, "available_bytes", lambda devices: 1024)  # 1 KiB free per device
+    assert cli.main(_train_cli(tiny_data_dir, workdir)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        "GiB per device (XLA's estimate) but cpu has 0.0 GiB free per device: use a smaller config.batch_size" in line
+    )
+    assert (workdir.is_dir() and not any(workdir.iterdir())) if existing_empty_dir else not workdir.exists()
+
+
+def test_the_memory_estimate_of_a_real_step_is_positive_and_below_the_host_memory(tiny_config, tmp_path):
+    from harness import parallel
+
+    run, _ = train.setup(tiny_config, print_fn=lambda _: None)
+    indices = run.par.shard_indices(np.arange(tiny_config.batch_size, dtype=np.int32))
+    run.par.compile(run.state, run.train, run.test, indices)
+    need = parallel.needed_bytes(run.par._fns["train"])
+    assert 0 < need < parallel.available_bytes(run.par.devices)
+
+
+def _harness(*args, data_dir) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "HARNESS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_a_run_records_its_data_dir_so_eval_reads_it_wherever_tfds_points_later(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    p = _harness(
+        "train", "--config", "smoke", "--workdir", str(workdir), "--config.report=false", data_dir=tiny_data_dir
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads((workdir / "config.json").read_text())["data_dir"] == tiny_data_dir
+    p = _harness("eval", "--workdir", str(workdir), "--json", data_dir=tmp_path / "elsewhere")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["step"] == 2
+    assert not (tmp_path / "elsewhere").exists()  # nothing prepared into the new default
