@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness import colab, settings
 from harness.errors import HarnessError, TrainingError
+from harness.preemption import StopSignals
 
 EXIT_USAGE = 2
 
@@ -80,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtypes", default="float32")
     b.add_argument("--parallel", default="pmap", help="pmap, jit or both: pmap,jit")
     b.add_argument("--data", default="device", help="device, host or both: device,host")
-    b.add_argument("--steps-per-dispatch", default="1", help="comma-separated, e.g. 1,8")
+    b.add_argument(
+        "--steps-per-dispatch",
+        default="auto",
+        help="comma-separated, e.g. 1,16; auto (default): what `harness train` runs on these devices",
+    )
     b.add_argument("--num-devices", type=int, default=0, help="0 = all local devices")
     b.add_argument("--conv", default="auto", help="CNN convolutions: auto, xla, slices (comma-separated)")
     b.add_argument("--micro-batches", type=int, default=0, help="slices of each device's batch (0 = auto)")
@@ -90,9 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--target", type=float, default=0.90, help="tta: the test accuracy to reach, in (0, 1]")
     b.add_argument("--seeds", default="0,1,2", help="tta: comma-separated seeds in [0, 2**32)")
     b.add_argument("--tolerance", type=float, default=0.2, help="check: allowed throughput drop in [0, 1), 0.2 = 20 %%")
-    b.add_argument("--ledger", default=None, help="ledger folder (default benchmarks/results)")
+    b.add_argument(
+        "--ledger",
+        default=None,
+        help="ledger folder, appended to by run/sweep/tta and read by report/check (default: benchmarks/results of "
+        "the harness checkout you are in, else of the current directory)",
+    )
     b.add_argument("--no-ledger", action="store_true", help="print rows, append nothing")
-    b.add_argument("--out", default=None, help="report: output folder (default benchmarks/)")
+    b.add_argument(
+        "--out", default=None, help="report: output folder (default: the --ledger folder, else benchmarks/ beside it)"
+    )
     b.add_argument("--peers", action="store_true", help="also run the PyTorch/Keras peers (benchmarks/peers)")
     b.add_argument("--tta", action="store_true", help="check: also require every seed to reach --target")
 
@@ -334,6 +346,11 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     args, extra = _parser().parse_known_args(argv)
+    with StopSignals(polite=args.command == "train"):  # before anything slow: a Ctrl-C is never lost
+        return _run(args, extra)
+
+
+def _run(args, extra: Sequence[str]) -> int:
     try:
         env = _settings()
         if extra and args.command not in ("train", "bench"):
