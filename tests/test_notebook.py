@@ -201,7 +201,9 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch, harness_wheel):
     assert "final test_accuracy" not in interrupted
 
     resumed = stdout(cell["resume"])
-    step = int(re.search(r"^resumed from step ([\d ]+) \(epoch [12] of 2", resumed, re.M).group(1).replace(" ", ""))
+    step = int(
+        re.search(r"^resumed from step ([\d ]+) \((?:end of )?epoch [12] of 2", resumed, re.M).group(1).replace(" ", "")
+    )
     assert step == summary["step"] > 0
     assert "resumed run finished: step 938, test accuracy " in resumed
     if step < 469:  # stopped in epoch 1 (the usual case): that epoch, resumed, is the main run's, bit for bit
