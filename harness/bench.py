@@ -27,7 +27,7 @@ from harness.data import batches
 from harness.errors import ConfigError
 
 DATA_MODES = ("device", "host")
-SYNTHETIC_EXAMPLES = 8192
+SYNTHETIC_EXAMPLES = 60000  # device-resident examples: as many as the MNIST-format training splits
 
 # Dense peak FLOP/s per device, by device kind (substring, lower case) and compute dtype, with the source.
 PEAKS = {
