@@ -43,7 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import harness
-from harness.errors import TrainingError, WorkdirError
+from harness.errors import ForeignCheckpointError, TrainingError, WorkdirError
 from harness.parallel import barrier, is_main_process
 from harness.retention import remove_step, steps_to_keep, sweep
 
@@ -369,7 +369,8 @@ class Checkpoints:
     # ---- restoring -----------------------------------------------------------------------------------------
 
     def restore(self, target: Any, step: int) -> tuple[Any, dict]:
-        """Restores ``step`` shaped exactly like host ``target``; raises WorkdirError when it cannot."""
+        """Restores ``step`` shaped exactly like host ``target``; raises WorkdirError when it cannot
+        (ForeignCheckpointError when the step was saved by another model)."""
         problem = self.verify(step)
         if problem:
             raise WorkdirError(f"checkpoint step {step}: {problem}")
@@ -377,9 +378,11 @@ class Checkpoints:
         stored, wanted = meta.get("leaves"), _leaf_specs(target)
         if stored != wanted:
             if stored is None or len(stored) != len(wanted):
-                raise WorkdirError(f"checkpoint step {step} holds another structure: it belongs to another model")
+                raise ForeignCheckpointError(
+                    f"checkpoint step {step} holds another structure: it belongs to another model"
+                )
             got, want = next((g, w) for g, w in zip(stored, wanted, strict=True) if g != w)
-            raise WorkdirError(
+            raise ForeignCheckpointError(
                 f"checkpoint step {step} holds {got} where this model needs {want}: it belongs to another model"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -401,9 +404,9 @@ class Checkpoints:
         for step in sorted(set(committed) | good, reverse=True):
             try:
                 state, meta = self.restore(target, step)
+            except ForeignCheckpointError:
+                raise
             except WorkdirError as e:
-                if "belongs to another model" in str(e):
-                    raise
                 self.warn(f"warning: skipping {e}")
                 continue
             return step, state, meta

@@ -19,5 +19,9 @@ class WorkdirError(HarnessError):
     """A work directory that cannot be used (missing run, foreign content, unwritable)."""
 
 
+class ForeignCheckpointError(WorkdirError):
+    """A checkpoint whose stored structure, shapes or dtypes belong to another model than the one restoring it."""
+
+
 class TrainingError(HarnessError):
     """Training cannot go on (e.g. a non-finite loss)."""

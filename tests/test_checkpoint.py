@@ -11,7 +11,7 @@ import pytest
 
 from harness import checkpoint
 from harness.checkpoint import Checkpoints, describe_position, write_atomic
-from harness.errors import TrainingError, WorkdirError
+from harness.errors import ForeignCheckpointError, TrainingError, WorkdirError
 from harness.retention import BAD_PREFIX, TRASH_PREFIX
 
 
@@ -207,11 +207,14 @@ def test_kill_during_deletion_is_finished_on_next_start(tmp_path):
 
 def test_other_shape_or_dtype_is_refused_not_silently_restored(tmp_path):
     ckpt = _saved(tmp_path)
-    with pytest.raises(WorkdirError, match=r"float32\[4, 3\] where this model needs float32\[5, 3\]"):
+    with pytest.raises(ForeignCheckpointError, match=r"float32\[4, 3\] where this model needs float32\[5, 3\]"):
         ckpt.restore_latest(_state(n=5))
     wider = {**_state(), "w": _state()["w"].astype(np.float64)}
-    with pytest.raises(WorkdirError, match="belongs to another model"):
+    with pytest.raises(ForeignCheckpointError, match="belongs to another model"):
         ckpt.restore_latest(wider)
+    with pytest.raises(ForeignCheckpointError, match="another structure"):
+        ckpt.restore_latest({"w": _state()["w"]})
+    assert issubclass(ForeignCheckpointError, WorkdirError)  # the CLI still makes it one line, exit 2
 
 
 def test_relative_workdir_is_made_absolute(tmp_path, monkeypatch):
