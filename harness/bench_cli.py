@@ -151,14 +151,13 @@ def _tta_row(args, overrides: list[str]) -> dict:
 
 
 def _peer_tta_rows(args) -> list[dict]:
-    """The peers' time to ``--target`` with the CNN recipe of ``fashion_mnist_cnn`` (the only one they copy)."""
+    """The peers' time to ``--target`` with their CNN recipe (:func:`harness.peers.recipe`, the only one they copy)."""
     from harness import config as config_lib
     from harness import peers
 
     c = config_lib.load(args.config)
-    recipe = (c.model, c.optimizer, c.learning_rate, c.batch_size, c.schedule, c.dtype)
-    if recipe != ("cnn", "adam", 1e-3, 128, "constant", "float32"):
-        print(f"peers: skipped (they copy the CNN recipe of fashion_mnist_cnn only, not {args.config})")
+    if not peers.copies_recipe(c):
+        print(f"peers: skipped (they copy the CNN recipe of {peers.RECIPE_CONFIG} only, not {args.config})")
         return []
     seeds = _seeds(args.seeds)
     rows = []

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import colab, settings
+from harness import colab, data, settings
 from harness.errors import HarnessError, TrainingError
 from harness.preemption import StopSignals
 
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--inspect", type=int, metavar="STEP", help="show the saved config, data position, digest check")
 
     x = sub.add_parser("explore", help="pictures of a dataset: samples, pixel matrix, 784-vector, classes, table")
-    x.add_argument("--dataset", required=True, choices=("mnist", "fashion_mnist"))
+    x.add_argument("--dataset", required=True, choices=data.NAMES)
     x.add_argument("--split", default="train", choices=("train", "test"))
     x.add_argument("--class", dest="klass", type=int, default=0, metavar="K", help="class to show many of")
     x.add_argument("--out", default=None, help="output folder (default: explore/DATASET-SPLIT)")
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("dir", type=Path)
     info = d.add_parser("info", help="splits, shapes, class names and where the data lives")
     for q in (imp, info):
-        q.add_argument("--dataset", required=True, choices=("mnist", "fashion_mnist"))
+        q.add_argument("--dataset", required=True, choices=data.NAMES)
         q.add_argument("--data-dir", default=None, help="tfds data dir (default: TFDS_DATA_DIR or tfds' default)")
     return p
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import ml_collections
 
-from harness import paths, settings
+from harness import data, paths, settings
 from harness.errors import ConfigError
 
 CONFIGS_DIR = paths.shipped("configs")  # configs/ of the checkout, packaged in every wheel
 
 ALLOWED = {
-    "dataset": ("mnist", "fashion_mnist"),
+    "dataset": data.NAMES,
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": ("constant", "warmup_cosine"),
     "parallel": ("pmap", "jit"),

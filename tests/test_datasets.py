@@ -53,7 +53,7 @@ def test_no_source_is_one_line_naming_both_ways(tmp_path, monkeypatch):
     message = str(e.value)
     assert "apt-get install dataset-fashion-mnist" in message and "harness data import" in message
     assert "\n" not in message
-    assert not any(tmp_path.iterdir()) or not (tmp_path / "fashion_mnist" / "3.1.0").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing half-made in the data dir
 
 
 def test_debian_dir_is_found_and_prepared(tmp_path, monkeypatch):
@@ -76,6 +76,25 @@ def test_import_refuses_bad_files_and_writes_nothing(tmp_path):
 def test_unknown_dataset_lists_allowed():
     with pytest.raises(DataError, match="allowed: fashion_mnist, mnist"):
         datasets.builder("cifar10")
+
+
+def test_one_list_of_dataset_names(monkeypatch):
+    """The builders, config validation and the command line all read harness.data.NAMES."""
+    from harness import cli, config, data
+
+    assert tuple(datasets.BUILDERS) == data.NAMES
+    assert config.ALLOWED["dataset"] is data.NAMES
+    monkeypatch.setattr(data, "NAMES", ("kmnist",))
+    parser = cli._parser()
+    for argv in (["explore", "--dataset", "kmnist"], ["data", "info", "--dataset", "kmnist"]):
+        assert parser.parse_args(argv).dataset == "kmnist"
+
+
+def test_a_cached_split_with_a_label_outside_the_classes_is_decoded_again(tmp_path):
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    for labels, cached in (([0, 9], True), ([0, 10], False)):
+        np.savez(tmp_path / "split.npz", images=images, labels=np.array(labels, np.int32))
+        assert (datasets._read_cache(tmp_path / "split.npz", 2) is not None) == cached
 
 
 def test_mock_data_reads_through_data_source(mock_tfds):

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from harness.bench import summarize, time_windows
+from harness.peers import recipe
 
 NAME = "keras3-tensorflow"
 
@@ -54,7 +55,7 @@ def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window
     keras.utils.set_random_seed(0)
     net = _model(model)
     net.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(recipe().learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
@@ -90,13 +91,14 @@ def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window
 
 
 def time_to_accuracy(dataset: str, target: float, seeds: list[int], max_epochs: int = 20) -> dict:
-    """`harness bench tta`'s protocol for the CNN config (Adam 1e-3, batch 128, shuffled epochs, the full test
-    split evaluated after every epoch): wall seconds from the start, data loading and graph building included, to
-    the first evaluation at or above ``target``; per seed."""
+    """`harness bench tta`'s protocol for the CNN config (its Adam learning rate and batch size, shuffled epochs, the
+    full test split evaluated after every epoch): wall seconds from the start, data loading and graph building
+    included, to the first evaluation at or above ``target``; per seed."""
     import keras
 
     from harness.data import datasets
 
+    c = recipe()
     runs = []
     for seed in seeds:
         start = time.perf_counter()
@@ -105,14 +107,14 @@ def time_to_accuracy(dataset: str, target: float, seeds: list[int], max_epochs: 
         keras.utils.set_random_seed(seed)
         net = _model("cnn")
         net.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
+            optimizer=keras.optimizers.Adam(c.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             jit_compile=False,
         )
         run = {"seed": seed, "seconds": None, "epochs": None, "accuracy": None}
         for epoch in range(1, max_epochs + 1):
-            net.fit(train.images, train.labels, batch_size=128, epochs=1, shuffle=True, verbose=0)
+            net.fit(train.images, train.labels, batch_size=c.batch_size, epochs=1, shuffle=True, verbose=0)
             _, accuracy = net.evaluate(test.images, test.labels, batch_size=1000, verbose=0)
             run["accuracy"] = float(accuracy)
             if accuracy >= target:

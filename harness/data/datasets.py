@@ -110,7 +110,7 @@ class FashionMnist(_IdxBuilderMixin, tfds_mnist.FashionMNIST, skip_registration=
     name = "fashion_mnist"
 
 
-BUILDERS = {"mnist": Mnist, "fashion_mnist": FashionMnist}
+BUILDERS = {b.name: b for b in (Mnist, FashionMnist)}  # one per name in harness.data.NAMES (tests/test_datasets.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +241,7 @@ def _read_cache(path: Path, count: int) -> Split | None:
         return None
     ok = images.dtype == np.uint8 and images.shape == (count, *tfds_mnist.MNIST_IMAGE_SHAPE)
     ok = ok and labels.dtype == np.int32 and labels.shape == (count,)
-    return Split(images, labels) if ok and np.all((labels >= 0) & (labels < 10)) else None
+    return Split(images, labels) if ok and np.all((labels >= 0) & (labels < idx.NUM_CLASSES)) else None
 
 
 def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
