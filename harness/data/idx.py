@@ -1,4 +1,4 @@
-"""Read, validate and write IDX files (the MNIST file format), gzipped or not.
+"""Read and validate IDX files (the MNIST file format), gzipped or not; encode arrays as IDX.
 
 tfds' own MNIST reader skips the 16/8-byte header unchecked, so a foreign file passes and truncation shows up as
 a numpy reshape error. Here every header field and the exact file length are checked, and every problem is a
@@ -123,15 +123,3 @@ def encode_labels(labels: np.ndarray) -> bytes:
     """Encodes labels as an IDX1 file."""
     labels = np.asarray(labels, np.uint8)
     return struct.pack(">II", LABELS_MAGIC, len(labels)) + labels.tobytes()
-
-
-def write_split(directory: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool = True) -> None:
-    """Writes one split as the two standard IDX files (gzipped by default), e.g. to make test data."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for kind, payload in (("images", encode_images(images)), ("labels", encode_labels(labels))):
-        stem = STANDARD_FILES[(split, kind)]
-        if gz:
-            (directory / f"{stem}.gz").write_bytes(gzip.compress(payload, mtime=0))
-        else:
-            (directory / stem).write_bytes(payload)
