@@ -1,68 +1,47 @@
-"""Shared fixtures. Every test process sees 8 fake CPU devices (set before jax is imported)."""
+"""Shared fixtures, and the environment every test process runs in. Helpers that test modules import are in
+helpers.py."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+# Set here, at import, because it must be before anything imports jax (the test modules do, and so do the
+# helpers below): jax reads XLA_FLAGS and JAX_PLATFORMS once, when its backends start. Every test process thus
+# sees 8 fake CPU devices; the subprocesses the tests start inherit both.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("HARNESS_COMPILATION_CACHE", __import__("tempfile").mkdtemp(prefix="harness-jax-cache-"))
-os.environ.setdefault("HARNESS_DATA_CACHE", __import__("tempfile").mkdtemp(prefix="harness-data-cache-"))
 
-import numpy as np
 import pytest
+from helpers import REPO, write_tiny_idx
 
 from harness import config as config_lib
-from harness.data import datasets, idx
+from harness import data
+from harness.data import datasets
+
+# Harness's caches of compiled programs and decoded splits: one temp dir each for the whole session (the user's
+# own caches are never read or filled), removed at its end. A variable already set is left as it is.
+_SESSION_CACHES = {"HARNESS_COMPILATION_CACHE": "harness-jax-cache-", "HARNESS_DATA_CACHE": "harness-data-cache-"}
+_made: dict[str, str] = {}
 
 
-def make_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Learnable synthetic images: class k lights up rows 2k+2..2k+4 (plus noise)."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 60, (len(labels), 28, 28, 1), dtype=np.uint8)
-    for i, k in enumerate(labels):
-        images[i, 2 * k + 2 : 2 * k + 5, 4:24, 0] = 200 + rng.integers(0, 55)
-    return images
+def pytest_configure(config):
+    """Runs before the test modules are imported (and anything reads harness's settings)."""
+    for name, prefix in _SESSION_CACHES.items():
+        if name not in os.environ:
+            _made[name] = os.environ[name] = tempfile.mkdtemp(prefix=prefix)
 
 
-def gzip_with_header(payload: bytes, name: str) -> bytes:
-    """gzip bytes whose header carries a file name and an mtime (like Debian's re-gzipped files)."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename=name, mode="wb", fileobj=buf, mtime=1591315200) as f:
-        f.write(payload)
-    return buf.getvalue()
-
-
-def write_tiny_idx(directory, num_train: int = 512, num_test: int = 100, seed: int = 0) -> dict:
-    """Writes the four standard files: train gzipped with a named header, test plain. Returns the arrays."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in (("train", num_train), ("test", num_test)):
-        labels = rng.integers(0, 10, n).astype(np.int32)
-        arrays[split] = (make_images(labels, seed + n), labels)
-    directory.mkdir(parents=True, exist_ok=True)
-    for (split, kind), stem in idx.STANDARD_FILES.items():
-        images, labels = arrays[split]
-        payload = idx.encode_images(images) if kind == "images" else idx.encode_labels(labels)
-        if split == "train":
-            (directory / f"{stem}.gz").write_bytes(gzip_with_header(payload, stem))
-        else:
-            (directory / stem).write_bytes(payload)
-    return arrays
-
-
-def prepared_mnist(tmp_path_factory, num_train: int, num_test: int, seed: int) -> str:
-    """A new tfds data dir holding a tiny dataset of these sizes prepared as ``mnist``."""
-    idx_dir, data_dir = tmp_path_factory.mktemp("idx"), tmp_path_factory.mktemp("tfds")
-    write_tiny_idx(idx_dir, num_train=num_train, num_test=num_test, seed=seed)
-    datasets.prepare_from_dir("mnist", idx_dir, str(data_dir))
-    return str(data_dir)
+def pytest_unconfigure(config):
+    for name, directory in _made.items():
+        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get(name) == directory:
+            del os.environ[name]
+    _made.clear()
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +55,7 @@ def tiny_idx_dir(tmp_path_factory):
 def tiny_data_dir(tmp_path_factory, tiny_idx_dir):
     """A tfds data dir holding the tiny dataset imported as both mnist and fashion_mnist."""
     data_dir = tmp_path_factory.mktemp("tfds")
-    for name in ("mnist", "fashion_mnist"):
+    for name in data.NAMES:
         datasets.prepare_from_dir(name, tiny_idx_dir, str(data_dir))
     return str(data_dir)
 
@@ -130,9 +109,8 @@ def final_checkpoint(workdir):
     return state, meta
 
 
-# ---- installing harness like a user: a wheel into a fresh venv -----------------------------------------------
+# ---- installing harness like a user: a wheel into a fresh venv (helpers.fresh_venv) --------------------------
 
-REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "harness", "configs", "benchmarks/peers")
 
 
@@ -151,24 +129,3 @@ def harness_wheel(tmp_path_factory) -> Path:
     subprocess.run([*pip, "-w", str(out), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = out.glob("harness-*.whl")
     return wheel
-
-
-def fresh_venv(directory: Path) -> Path:
-    """A new venv without harness whose other packages are this test venv's (a .pth line, so its editable
-    harness finder is not loaded); returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True, timeout=120)
-    python = directory / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
-    (Path(purelib) / "harness_test_packages.pth").write_text("\n".join(ours) + "\n")
-    return python
-
-
-def pip_env(environ: dict | None = None) -> dict:
-    """The environment under which a fresh venv's pip installs the wheel alone, offline, ignoring the test venv."""
-    return {**(environ or os.environ), "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1", "PIP_IGNORE_INSTALLED": "1"}

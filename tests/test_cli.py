@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_tiny_idx
+from helpers import write_tiny_idx
 from PIL import Image
 
 from harness import cli

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import write_tiny_idx
+from helpers import write_tiny_idx
 
 from harness.data import datasets
 from harness.errors import DataError

@@ -18,7 +18,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import final_checkpoint, prepared_mnist
+from conftest import final_checkpoint
+from helpers import prepared_mnist
 
 from harness import config as config_lib
 from harness.errors import ConfigError

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from browser import needs_chromium, render
+from helpers import needs_chromium, render
 
 from harness import cli, explore, pictures
 from harness.data import datasets

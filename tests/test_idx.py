@@ -3,7 +3,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import gzip_with_header, make_images, write_tiny_idx
+from helpers import gzip_with_header, make_images, write_tiny_idx
 
 from harness.data import idx
 from harness.errors import DataError

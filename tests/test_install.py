@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, fresh_venv, pip_env
+from helpers import REPO, fresh_venv, pip_env
 
 
 def _digest(directory) -> str:

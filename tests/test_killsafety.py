@@ -16,7 +16,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import final_checkpoint, prepared_mnist
+from conftest import final_checkpoint
+from helpers import prepared_mnist
 
 from harness.checkpoint import Checkpoints
 

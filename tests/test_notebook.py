@@ -15,7 +15,7 @@ import sys
 
 import nbformat
 import pytest
-from conftest import REPO, fresh_venv, pip_env
+from helpers import REPO, fresh_venv, pip_env
 
 from harness.data import datasets
 

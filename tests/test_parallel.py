@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import make_images
+from helpers import make_images
 
 from harness import config as config_lib
 from harness import models, parallel, steps

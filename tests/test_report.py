@@ -4,9 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from browser import needs_chromium, render
-from conftest import write_tiny_idx
-from events import read_events
+from helpers import needs_chromium, read_events, render, write_tiny_idx
 from test_explore import assert_picture
 
 from harness import cli, report, train

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import final_checkpoint
-from events import read_events
+from helpers import read_events
 
 from harness import cli, loop, train
 from harness import hooks as hooks_lib

@@ -1,7 +1,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import make_images
+from helpers import make_images
 
 from harness import config as config_lib
 from harness import models, steps
