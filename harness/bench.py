@@ -23,6 +23,7 @@ import numpy as np
 
 from harness import config as config_lib
 from harness import models, parallel, steps
+from harness import plan as plan_lib
 from harness.data import batches
 from harness.errors import ConfigError
 
@@ -110,7 +111,7 @@ def resolve(point: Point) -> Point:
         return dataclasses.replace(point, steps_per_dispatch=1)
     c = config_lib.base_config()
     devices = parallel.select_devices(point.num_devices)
-    k = parallel.steps_per_dispatch(0, devices, c.log_every_steps, c.checkpoint_every_steps)
+    k = plan_lib.steps_per_dispatch(0, devices, c.log_every_steps, c.checkpoint_every_steps)
     return dataclasses.replace(point, steps_per_dispatch=k)
 
 
@@ -183,13 +184,11 @@ class _Runner:
             raise ConfigError(f"steps_per_dispatch={point.steps_per_dispatch}: ≥ 1, and 1 with host data")
         self.point, self.config = point, _config(point)
         devices = parallel.select_devices(point.num_devices)
-        config_lib.validate(self.config, len(devices))
+        plan = plan_lib.resolve(self.config, devices)  # a point runs its own steps per dispatch:
+        self.plan = dataclasses.replace(plan, steps_per_dispatch=point.steps_per_dispatch)
         tx = steps.make_optimizer(self.config, 1000)
-        self.conv = parallel.conv_impl(point.conv, devices)
-        per_device = point.batch_size // len(devices)
-        self.micro = parallel.micro_batches(point.micro_batches, devices, point.model, per_device, self.conv)
-        graphdef, state = steps.init_state(models.create(self.config, self.conv), tx)
-        self.par = parallel.Parallel(point.parallel, devices, graphdef, tx, self.micro)
+        graphdef, state = steps.init_state(models.create(self.config, self.plan.conv), tx)
+        self.par = parallel.Parallel(self.plan.strategy, devices, graphdef, tx, self.plan.micro_batches)
         rng = np.random.default_rng(seed)
         self.n = max(SYNTHETIC_EXAMPLES, 2 * point.batch_size)
         self.host = {
@@ -229,7 +228,7 @@ class _Runner:
         """From XLA's cost analysis of the compiled plain step (per-device program ÷ per-device batch). A
         ``lax.scan`` program (fused steps, micro-batches) counts its body once, so when ``compiled`` is one of those
         the plain step of the same point is compiled and analysed instead."""
-        if self.name != "train" or self.micro != 1:
+        if self.name != "train" or self.plan.micro_batches != 1:
             plain = _Runner(dataclasses.replace(self.point, steps_per_dispatch=1, data="device", micro_batches=1))
             indices = plain.par.shard_indices(plain._indices())
             compiled = plain.par.lower("train", plain.state, plain.data, indices).compile()
@@ -274,8 +273,9 @@ def measure(
     step_times = time_windows(dispatch, jax.block_until_ready, windows, dispatches_per_window, k, clock)
     devices = runner.par.devices
     figures = {
-        "conv_impl": runner.conv,
-        "micro_batches": runner.micro,
+        "plan": runner.plan.to_dict(),
+        "conv_impl": runner.plan.conv,
+        "micro_batches": runner.plan.micro_batches,
         "compile_seconds": compile_seconds,
         "time_to_first_step_seconds": time_to_first_step,
         **summarize(step_times, point.batch_size, len(devices), _chips(devices)),
@@ -312,7 +312,7 @@ def grid(
                         for k in steps_per_dispatch:
                             if data == "host" and k > 1:
                                 continue
-                            for conv in convs if m.startswith("cnn") else ("auto",):
+                            for conv in convs if models.family(m) == "cnn" else ("auto",):
                                 yield Point(m, bs, dt, par, data, k, num_devices, conv)
 
 

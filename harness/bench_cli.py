@@ -91,12 +91,23 @@ def _describe(point: bench.Point, f: dict) -> str:
     mfu = f"{f['mfu']:.1%}" if isinstance(f["mfu"], float) else "n/a"
     return (
         f"{point.model:<8} b{point.batch_size:<6} {point.dtype:<8} {point.parallel:<4} {point.data:<6} "
-        f"{f['conv_impl'] + '/' + str(f['micro_batches']) if point.model.startswith('cnn') else '':<8} "
+        f"{f['conv_impl'] + '/' + str(f['micro_batches']) if f['plan']['family'] == 'cnn' else '':<8} "
         f"×{point.steps_per_dispatch:<3} {f['examples_per_sec']:>12,.0f} ex/s  "
         f"step {f['step_seconds_median'] * 1e3:8.2f} ms "
         f"(p10 {f['step_seconds_p10'] * 1e3:.2f}, p90 {f['step_seconds_p90'] * 1e3:.2f})  compile "
         f"{f['compile_seconds']:.1f} s  MFU {mfu}"
     )
+
+
+def _show(point: bench.Point, f: dict, previous_plan: str | None = None) -> str:
+    """Prints the row of one point, after its plan line when that differs from ``previous_plan``; returns it."""
+    from harness.plan import Plan
+
+    plan = f"plan: {Plan(**f['plan']).describe()}"
+    if plan != previous_plan:
+        print(plan)
+    print(_describe(point, f), flush=True)
+    return plan
 
 
 def _stall_shares(results: list[tuple[bench.Point, dict]]) -> None:
@@ -109,10 +120,10 @@ def _stall_shares(results: list[tuple[bench.Point, dict]]) -> None:
 
 
 def _measure_grid(args) -> list[dict]:
-    results = []
+    results, plan = [], None
     for point in _points(args):
         figures = bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)
-        print(_describe(point, figures), flush=True)
+        plan = _show(point, figures, plan)
         results.append((point, figures))
     _stall_shares(results)
     return [ledger.make_row("throughput", dataclasses.asdict(p), f) for p, f in results]
@@ -212,9 +223,9 @@ def run(args, overrides: list[str]) -> int:
         rows = []
         for point in _points(args):
             tried = bench.sweep(point, windows=args.windows, dispatches_per_window=args.dispatches)
-            measured = [t for t in tried if t["figures"]]
+            measured, plan = [t for t in tried if t["figures"]], None
             for t in measured:
-                print(_describe(t["point"], t["figures"]), flush=True)
+                plan = _show(t["point"], t["figures"], plan)
             best = max(measured, key=lambda t: t["figures"]["examples_per_sec"])
             print(f"best: batch {best['point'].batch_size} ({best['figures']['examples_per_sec']:,.0f} ex/s)")
             rows += [ledger.make_row("throughput", dataclasses.asdict(t["point"]), t["figures"]) for t in measured]

@@ -12,6 +12,7 @@ import numpy as np
 
 from harness import images as image_files
 from harness import models, parallel, steps
+from harness import plan as plan_lib
 from harness.checkpoint import Checkpoints
 from harness.data import datasets
 from harness.errors import DataError, WorkdirError
@@ -29,7 +30,7 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, object
     except json.JSONDecodeError as e:
         raise WorkdirError(f"{config_file}: not valid JSON ({e})") from None
     tx = steps.make_optimizer(config, 1)
-    conv = parallel.conv_impl(config.get("conv", "auto"), parallel.select_devices(1))
+    conv = plan_lib.conv_impl(config.get("conv", "auto"), parallel.select_devices(1))
     graphdef, state = steps.init_state(models.create(config, conv), tx)
     ckpt = Checkpoints(workdir, create=False, warn=lambda line: print(line, file=sys.stderr))
     try:

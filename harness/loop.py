@@ -17,6 +17,7 @@ from harness import parallel
 from harness.checkpoint import Checkpoints, fingerprint
 from harness.data import batches
 from harness.errors import TrainingError
+from harness.plan import Plan
 
 MAX_IN_FLIGHT = 8  # steps queued on the device before the loop waits (XLA:CPU aborts with ~60+ collectives queued)
 TIMING_KEYS = ("examples_per_sec", "epoch_seconds")  # the only row fields that differ between identical runs
@@ -24,9 +25,10 @@ TIMING_KEYS = ("examples_per_sec", "epoch_seconds")  # the only row fields that 
 
 @dataclasses.dataclass
 class Run:
-    """What the loop works with: placed data and state, the strategy, and the batch geometry."""
+    """What the loop works with: placed data and state, the plan and its strategy, and the batch geometry."""
 
     config: ml_collections.ConfigDict
+    plan: Plan
     par: parallel.Parallel
     state: Any
     train: dict
@@ -34,7 +36,10 @@ class Run:
     num_train: int
     num_test: int
     steps_per_epoch: int
-    steps_per_dispatch: int = 1
+
+    @property
+    def steps_per_dispatch(self) -> int:
+        return self.plan.steps_per_dispatch
 
 
 @dataclasses.dataclass
@@ -145,6 +150,7 @@ class Loop:
             "num_train": self.run.num_train,
             "config": json.loads(self.run.config.to_json_best_effort()),
             "fingerprint": fingerprint(self.run.par.num_devices),
+            "plan": self.run.plan.to_dict(),
             **(extra or {}),
         }
         self.ckpt.save(self.p.step, self.run.par.unreplicate(state), meta)

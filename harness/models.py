@@ -6,6 +6,7 @@ Models take uint8 (or float) images of shape (N, 28, 28, 1), scale them to [0, 1
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -97,19 +98,35 @@ def _mlp(config, dtype, conv, rngs):
     return MLP(tuple(config.mlp_hidden), dtype=dtype, rngs=rngs)
 
 
-MODELS: dict[str, Callable] = {
-    "mlp": _mlp,
-    "cnn": lambda config, dtype, conv, rngs: CNN(dtype=dtype, conv=conv, rngs=rngs),
-    "mlp_tiny": lambda config, dtype, conv, rngs: MLP((16,), dtype=dtype, rngs=rngs),
-    "cnn_tiny": lambda config, dtype, conv, rngs: CNN((4, 8), 16, dtype=dtype, conv=conv, rngs=rngs),
+FAMILIES = ("mlp", "cnn")  # a "cnn" has convolutions: the conv implementation and micro-batch policy apply
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered model: its family and how to build it from (config, dtype, conv, rngs)."""
+
+    family: str
+    make: Callable
+
+
+MODELS: dict[str, Entry] = {
+    "mlp": Entry("mlp", _mlp),
+    "cnn": Entry("cnn", lambda config, dtype, conv, rngs: CNN(dtype=dtype, conv=conv, rngs=rngs)),
+    "mlp_tiny": Entry("mlp", lambda config, dtype, conv, rngs: MLP((16,), dtype=dtype, rngs=rngs)),
+    "cnn_tiny": Entry("cnn", lambda config, dtype, conv, rngs: CNN((4, 8), 16, dtype=dtype, conv=conv, rngs=rngs)),
 }
+
+
+def family(name: str) -> str:
+    """The family (``mlp`` or ``cnn``) of the registered model ``name``."""
+    return MODELS[name].family
 
 
 def create(config, conv: str = "xla", seed: int | None = None) -> nnx.Module:
     """Builds the model named by ``config.model`` with ``config.dtype`` compute, initialised from the seed;
-    ``conv`` is the resolved convolution implementation (see :func:`harness.parallel.conv_impl`)."""
+    ``conv`` is the resolved convolution implementation (see :func:`harness.plan.conv_impl`)."""
     dtype = jnp.dtype(config.dtype)
-    return MODELS[config.model](config, dtype, conv, nnx.Rngs(config.seed if seed is None else seed))
+    return MODELS[config.model].make(config, dtype, conv, nnx.Rngs(config.seed if seed is None else seed))
 
 
 def param_count(model: nnx.Module) -> int:

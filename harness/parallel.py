@@ -133,39 +133,6 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def conv_impl(choice: str, devices: list) -> str:
-    """The convolution implementation for ``devices``. ``auto`` is ``slices`` on a single CPU device (its
-    matmul-based gradients beat XLA:CPU's convolution backward: 2,507 vs 1,771 ex/s for the CNN on 2 cores) and
-    ``xla`` otherwise: on GPU/TPU XLA's convolutions are right, and a CPU split into several devices ran XLA's
-    convolutions faster (3,435–3,525 vs 2,633–2,842 ex/s on 4 devices)."""
-    if choice != "auto":
-        return choice
-    return "slices" if devices[0].platform == "cpu" and len(devices) == 1 else "xla"
-
-
-def micro_batches(choice: int, devices: list, model: str, per_device_batch: int, conv: str) -> int:
-    """How many slices each device's batch is cut into per step (gradients summed; the same maths). ``0`` = auto:
-    4 (or 2, dividing the batch) for a CNN with slice convolutions on a single CPU device — they ran fastest on
-    32-example slices there — else 1 (XLA:CPU's own convolutions inside the slice loop were 10× slower)."""
-    if choice:
-        return choice
-    if devices[0].platform != "cpu" or len(devices) > 1 or not model.startswith("cnn") or conv != "slices":
-        return 1
-    return next((m for m in (4, 2) if per_device_batch % m == 0), 1)
-
-
-def steps_per_dispatch(choice: int, devices: list, log_every: int, checkpoint_every: int) -> int:
-    """How many train steps one device call runs (a ``lax.scan``). ``0`` = auto: on a single CPU device the
-    largest of 16, 8, 4, 2 that divides the log and checkpoint intervals — 16 per dispatch trained the MLP 1.78×
-    and the CNN 1.14× faster on the 2-core Xeon (`harness bench --steps-per-dispatch 1,16`) — else 1 (not measured
-    on GPU/TPU here; several processes stop on a step of JAX's choosing)."""
-    if choice:
-        return choice
-    if devices[0].platform != "cpu" or len(devices) > 1 or jax.process_count() > 1:
-        return 1
-    return next((k for k in (16, 8, 4, 2) if log_every % k == 0 and checkpoint_every % k == 0), 1)
-
-
 def select_devices(num_devices: int = 0) -> list:
     """The first ``num_devices`` local devices (0 = all); in a multi-process run every process's devices."""
     if jax.process_count() > 1:

@@ -11,9 +11,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from harness import config as config_lib
 from harness import hooks as hooks_lib
 from harness import models, parallel, steps
+from harness import plan as plan_lib
 from harness import workdir as workdir_lib
 from harness.checkpoint import Checkpoints, describe_position, write_atomic
 from harness.data import batches, datasets
@@ -40,13 +40,13 @@ TRAJECTORY_KEYS = (
 )
 
 
-def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = print) -> tuple[Run, Any]:
-    """Validates the config, prepares and places the data, builds the model and step wrappers.
+def setup(
+    config: ml_collections.ConfigDict, devices: list, plan: plan_lib.Plan, print_fn: Callable[[str], Any] = print
+) -> tuple[Run, Any]:
+    """Prepares and places the data, builds the model and step wrappers of the resolved ``plan``.
 
     Returns the run (with the freshly initialised state placed) and that state as host arrays.
     """
-    devices = parallel.select_devices(config.num_devices)
-    config_lib.validate(config, len(devices))
     builder, source = _prepare_data(config)
     if not config.data_dir:  # record where the data is: eval, predict and report then read the run's own
         config = config.copy_and_resolve_references()
@@ -59,17 +59,12 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
         )
     spe = batches.steps_per_epoch(len(train), config.batch_size)
     tx = steps.make_optimizer(config, spe)
-    conv = parallel.conv_impl(config.conv, devices)
-    per_device = config.batch_size // len(devices)
-    micro = parallel.micro_batches(config.micro_batches, devices, config.model, per_device, conv)
-    graphdef, state = steps.init_state(models.create(config, conv), tx)
-    par = parallel.Parallel(config.parallel, devices, graphdef, tx, micro)
-    fused = parallel.steps_per_dispatch(
-        config.steps_per_dispatch, devices, config.log_every_steps, config.checkpoint_every_steps
-    )
+    graphdef, state = steps.init_state(models.create(config, plan.conv), tx)
+    par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches)
     host_state = jax.device_get(state)
     run = Run(
         config=config,
+        plan=plan,
         par=par,
         state=par.replicate(host_state),
         train=par.replicate({"image": train.images, "label": train.labels}),
@@ -77,7 +72,6 @@ def setup(config: ml_collections.ConfigDict, print_fn: Callable[[str], Any] = pr
         num_train=len(train),
         num_test=len(test),
         steps_per_epoch=spe,
-        steps_per_dispatch=fused,
     )
     return run, host_state
 
@@ -170,10 +164,12 @@ def train_and_evaluate(
     multi_process = parallel.initialize_distributed(config.distributed) and jax.process_count() > 1
     main = parallel.is_main_process()
     print_fn = print_fn if main else _silent
-    config_lib.validate(config, len(parallel.select_devices(config.num_devices)))
+    devices = parallel.select_devices(config.num_devices)
+    plan = plan_lib.resolve(config, devices)  # the one validation of the config
     workdir = workdir_lib.check(workdir)  # resolved; nothing created yet
     parallel.enable_compilation_cache(announce=print_fn)  # says so once per process
-    run, host_state = setup(config, print_fn)
+    print_fn(f"plan: {plan.describe()}")
+    run, host_state = setup(config, devices, plan, print_fn)
     with workdir_lib.claimed(workdir, main):
         parallel.barrier("harness-workdir-claimed")
         ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)

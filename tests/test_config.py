@@ -135,19 +135,6 @@ def test_steps_per_dispatch_must_divide_the_log_and_checkpoint_intervals():
         config_lib.validate(c, 1)
 
 
-def test_steps_per_dispatch_auto_policy():
-    import jax
-
-    from harness import parallel
-
-    one, eight = jax.devices()[:1], jax.devices()[:8]
-    assert parallel.steps_per_dispatch(0, one, 128, 0) == 16
-    assert parallel.steps_per_dispatch(0, one, 100, 0) == 4
-    assert parallel.steps_per_dispatch(0, one, 128, 24) == 8
-    assert parallel.steps_per_dispatch(0, eight, 128, 0) == 1
-    assert parallel.steps_per_dispatch(2, eight, 128, 0) == 2
-
-
 def test_boolean_overrides_take_the_same_words_as_the_harness_switches():
     assert config_lib.load("smoke", ["report=off"]).report is False
     assert config_lib.load("smoke", ["report=on", "distributed=no"]).report is True

@@ -80,13 +80,13 @@ def test_cnn_with_either_convolution_is_the_same_model():
 
 
 def test_conv_choice_per_platform():
-    from harness import parallel
+    from harness import plan
 
     cpu = jax.devices("cpu")
-    assert parallel.conv_impl("auto", cpu[:1]) == "slices" and parallel.conv_impl("auto", cpu[:4]) == "xla"
-    assert parallel.conv_impl("xla", cpu[:1]) == "xla"
+    assert plan.conv_impl("auto", cpu[:1]) == "slices" and plan.conv_impl("auto", cpu[:4]) == "xla"
+    assert plan.conv_impl("xla", cpu[:1]) == "xla"
 
     class FakeGpu:
         platform = "gpu"
 
-    assert parallel.conv_impl("auto", [FakeGpu()]) == "xla"
+    assert plan.conv_impl("auto", [FakeGpu()]) == "xla"

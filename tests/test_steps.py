@@ -78,12 +78,12 @@ def test_micro_batches_give_the_same_step(model):
 
 
 def test_micro_batch_policy():
-    from harness import parallel
+    from harness import plan
 
     cpu = jax.devices("cpu")
-    assert parallel.micro_batches(0, cpu[:1], "cnn", 128, "slices") == 4
-    assert parallel.micro_batches(0, cpu[:1], "cnn", 6, "slices") == 2
-    assert parallel.micro_batches(0, cpu[:1], "cnn", 128, "xla") == 1
-    assert parallel.micro_batches(0, cpu[:1], "mlp", 128, "slices") == 1
-    assert parallel.micro_batches(0, cpu[:4], "cnn", 32, "slices") == 1
-    assert parallel.micro_batches(8, cpu[:1], "mlp", 128, "xla") == 8
+    assert plan.micro_batches(0, cpu[:1], "cnn", 128, "slices") == 4
+    assert plan.micro_batches(0, cpu[:1], "cnn", 6, "slices") == 2
+    assert plan.micro_batches(0, cpu[:1], "cnn", 128, "xla") == 1
+    assert plan.micro_batches(0, cpu[:1], "mlp", 128, "slices") == 1
+    assert plan.micro_batches(0, cpu[:4], "cnn", 32, "slices") == 1
+    assert plan.micro_batches(8, cpu[:1], "mlp", 128, "xla") == 8

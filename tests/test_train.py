@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import final_checkpoint
 
 from harness import cli, train
 from harness import config as config_lib
@@ -25,6 +26,10 @@ def test_end_to_end_on_imported_idx_data(tiny_config, tmp_path, parallel, model)
     assert summary["test_examples"] == 100  # the whole test split, last batch padded (100 = 64 + 36)
     assert summary["compilations"] == {"train": 1, "eval": 1}
     assert any(line.startswith("compiling… ") for line in lines)
+    conv = "XLA convolutions, " if model.startswith("cnn") else ""
+    plan = f"plan: {parallel} on 8 cpu devices, {conv}1 micro-batch, 1 step per dispatch, float32"
+    assert next(line for line in lines if not line.startswith("compilation cache: ")) == plan  # the first line
+    assert final_checkpoint(tmp_path)[1]["plan"]["strategy"] == parallel  # the plan is in the checkpoint
     assert 0 < summary["time_to_first_step_seconds"] < 120  # set once, from the call to the first finished step
     rows = _rows(tmp_path)
     evals = [r for r in rows if "test_accuracy" in r]
@@ -44,6 +49,14 @@ def test_end_to_end_with_tfds_mock_data(tiny_config, tmp_path, monkeypatch, mock
     with mock_tfds(num_examples=192):
         summary = train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
     assert summary["step"] == 3 and summary["test_examples"] == 192
+
+
+def test_the_config_is_validated_once_per_run(tiny_config, tmp_path, monkeypatch):
+    calls = []
+    validate = config_lib.validate
+    monkeypatch.setattr(config_lib, "validate", lambda *args: calls.append(args) or validate(*args))
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=lambda _: None)
+    assert len(calls) == 1
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_config, tmp_path):
@@ -131,7 +144,10 @@ def test_a_step_that_cannot_fit_in_memory_stops_before_training_and_leaves_nothi
 def test_the_memory_estimate_of_a_real_step_is_positive_and_below_the_host_memory(tiny_config, tmp_path):
     from harness import parallel
 
-    run, _ = train.setup(tiny_config, print_fn=lambda _: None)
+    from harness import plan
+
+    devices = parallel.select_devices(0)
+    run, _ = train.setup(tiny_config, devices, plan.resolve(tiny_config, devices), print_fn=lambda _: None)
     indices = run.par.shard_indices(np.arange(tiny_config.batch_size, dtype=np.int32))
     run.par.compile(run.state, run.train, run.test, indices)
     need = parallel.needed_bytes(run.par._fns["train"])
