@@ -4,6 +4,7 @@ not good, a read-only workdir, and the lines that describe positions."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,15 +128,24 @@ def test_harmless_changes_resume_and_more_epochs_continue(tiny_config, tmp_path)
 
 
 def test_nan_stops_naming_the_last_good_checkpoint_and_saves_nothing_bad(tiny_config, tmp_path):
-    tiny_config.update(num_epochs=2, checkpoint_every_steps=2, optimizer="sgd", learning_rate=1e30, momentum=0.0)
-    with pytest.raises(TrainingError, match=r"non-finite training loss .* last good checkpoint"):
+    # The warmup's first step has learning rate 0 (a good checkpoint at step 1), the next ones 1e30 / 8: the loss
+    # goes non-finite after that first save, not before it.
+    tiny_config.update(num_epochs=2, checkpoint_every_steps=1, optimizer="sgd", learning_rate=1e30, momentum=0.0)
+    tiny_config.update(schedule="warmup_cosine", warmup_fraction=0.5)
+    with pytest.raises(TrainingError, match=r"non-finite training loss \(nan\) at step (\d+)") as e:
         train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    failed, named = (
+        int(x) for x in re.search(r"at step (\d+).*last good checkpoint: step (\d+)", str(e.value)).groups()
+    )
     ckpt = Checkpoints(tmp_path, create=False)
-    for step in ckpt.good_steps():
-        assert ckpt.verify(step) is None
-        state, _ = final_checkpoint(tmp_path)
-        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    good = ckpt.good_steps()
+    assert 1 <= named < failed and named in good and max(good) < failed
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == good
+    assert all(ckpt.verify(step) is None for step in good)
     ckpt.close()
+    state, meta = final_checkpoint(tmp_path)  # the newest good one restores, with finite parameters
+    assert int(state.step) == meta["step"] == max(good)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
 def test_init_from_starts_a_new_run_from_another_runs_parameters(tiny_config, tmp_path):
