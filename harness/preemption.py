@@ -5,8 +5,9 @@ step, saves a checkpoint, waits for it to commit and returns. A second SIGINT in
 
 The ``harness`` command installs these handlers on its first line (``polite`` for ``harness train``, which stops at
 the next step; every other command is interrupted at once), and ``train_and_evaluate`` takes over a stop asked for
-during start-up. A ``KeyboardInterrupt`` raised while a garbage-collector callback runs (JAX registers one) would be
-dropped by Python ("Exception ignored in"): harness raises it again from outside the callback instead.
+during start-up. A ``KeyboardInterrupt`` raised where Python cannot raise it — inside a garbage-collector callback
+(JAX registers one), a weakref callback or a ``__del__`` — would be dropped ("Exception ignored in"): while the
+handlers are installed, ``sys.unraisablehook`` catches it and delivers SIGINT again 50 ms later.
 
 In a multi-process run every process must stop at the same step, so the decision goes through JAX's preemption
 service (running once ``jax.distributed`` is initialised): it catches SIGTERM on any process and every process
@@ -16,31 +17,20 @@ learns the same sync step from :meth:`StopSignals.check`. A SIGINT is forwarded 
 from __future__ import annotations
 
 import _thread
-import gc
 import os
 import signal
+import sys
 import threading
 
 STOPPING = b"harness: stopping after the current step, with a checkpoint (Ctrl-C again to quit now)\n"
 
 
-def _in_gc_callback(frame) -> bool:
-    """Whether ``frame`` (where a signal arrived) runs inside a garbage-collector callback."""
-    codes = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in codes:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def interrupt(frame) -> None:
-    """Raises ``KeyboardInterrupt`` where the signal arrived or, inside a gc callback (where Python would drop it),
-    delivers SIGINT again 50 ms later."""
-    if _in_gc_callback(frame):
+def _redeliver_dropped_interrupt(unraisable, previous) -> None:
+    """``sys.unraisablehook`` while the handlers are installed: an interrupt that Python would drop is sent again."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
         threading.Timer(0.05, _thread.interrupt_main).start()
         return
-    raise KeyboardInterrupt
+    previous(unraisable)
 
 
 class StopSignals:
@@ -51,12 +41,12 @@ class StopSignals:
         self.multi_process = multi_process
         self.polite = polite  # False: SIGINT interrupts at once (and SIGTERM keeps its default)
         self._previous: dict = {}
+        self._previous_unraisablehook = sys.unraisablehook
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT and (self.requested or not self.polite):
             self.requested = self.requested or "SIGINT"
-            interrupt(frame)
-            return
+            raise KeyboardInterrupt
         if self.multi_process:  # JAX's service handles SIGTERM; tell it, and let it pick the step
             self.requested = "SIGINT (waiting for the other processes)"
             os.kill(os.getpid(), signal.SIGTERM)
@@ -85,6 +75,8 @@ class StopSignals:
             signals = (signal.SIGINT,) if self.multi_process or not self.polite else (signal.SIGTERM, signal.SIGINT)
             for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            previous = self._previous_unraisablehook = sys.unraisablehook
+            sys.unraisablehook = lambda unraisable: _redeliver_dropped_interrupt(unraisable, previous)
             if self.requested and self.multi_process:
                 os.kill(os.getpid(), signal.SIGTERM)  # JAX's service decides the common step
         return self
@@ -92,4 +84,6 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._previous:
+            sys.unraisablehook = self._previous_unraisablehook
         self._previous.clear()

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -41,10 +42,27 @@ def _sigint_inside_a_gc_callback() -> None:
     assert fired
 
 
-def test_an_interrupt_inside_a_gc_callback_is_raised_again_outside_it():
+def _sigint_inside_a_weakref_callback() -> None:
+    class Thing:
+        pass
+
+    thing, fired = Thing(), []
+
+    def callback(ref):
+        fired.append(1)
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.01)
+
+    ref = weakref.ref(thing, callback)
+    del thing  # the callback runs now; an exception in it is "ignored"
+    assert fired and ref() is None
+
+
+@pytest.mark.parametrize("where", [_sigint_inside_a_gc_callback, _sigint_inside_a_weakref_callback])
+def test_an_interrupt_python_would_drop_is_raised_again(where):
     with StopSignals(polite=False), pytest.raises(KeyboardInterrupt):
-        _sigint_inside_a_gc_callback()
-        time.sleep(2)  # Python's own handler would have been dropped in the callback: this sleep would finish
+        where()
+        time.sleep(2)  # with Python's own handling the interrupt is dropped in the callback: this sleep would finish
 
 
 def test_a_polite_stop_asked_for_inside_a_gc_callback_is_kept_and_passed_on():
