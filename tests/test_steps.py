@@ -44,10 +44,23 @@ def test_padding_has_no_effect_on_the_update():
 
 
 def test_eval_step_sums_and_accuracy():
+    """A model that answers class 3 for every image, on 10 examples of which 3 are labelled 3 (example 0 among
+    them, which the two padding indices gather and must not count)."""
     graphdef, _, state = _setup()
-    data = _data(10)
-    sums = jax.jit(lambda p, i: steps.eval_step(graphdef, p, data, i))(state.params, np.arange(-2, 10, dtype=np.int32))
-    assert float(sums["count"]) == 10 and 0 <= float(sums["correct"]) <= 10
+    bias = np.zeros(10, np.float32)
+    bias[3] = 2.0
+
+    def answer_3(path, leaf):
+        return bias if jax.tree_util.keystr(path).startswith("['out']['bias']") else np.zeros_like(leaf)
+
+    params = jax.tree_util.tree_map_with_path(answer_3, state.params)
+    labels = np.array([3, 3, 3, 0, 1, 2, 4, 5, 6, 7], np.int32)
+    data = {"image": make_images(labels), "label": labels}
+    indices = np.array([-2, -1, *range(10)], np.int32)
+    sums = jax.jit(lambda p, i: steps.eval_step(graphdef, p, data, i))(params, indices)
+    assert float(sums["count"]) == 10 and float(sums["correct"]) == 3
+    per_example = np.log(9 + np.exp(2.0)) - bias[labels]  # cross-entropy of the constant logits
+    np.testing.assert_allclose(float(sums["loss"]), per_example.sum(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
