@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
 
 from harness import bench, ledger
@@ -77,6 +76,47 @@ def test_sweep_walks_up_and_stops():
     assert sizes[0] == 16 and sizes == sorted(sizes) and max(sizes) <= 64
 
 
+def _sweep_with(monkeypatch, throughputs: dict, **kw) -> list[tuple[int, float | None]]:
+    """``bench.sweep`` from batch 16 where measuring batch B gives ``throughputs[B]`` examples/s (an exception
+    there is raised); returns (batch size, examples/s or None) per size tried."""
+
+    def measure(point, **_):
+        value = throughputs[point.batch_size]
+        if isinstance(value, Exception):
+            raise value
+        return {"examples_per_sec": value}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    tried = bench.sweep(TINY, **kw)
+    return [(t["point"].batch_size, t["figures"] and t["figures"]["examples_per_sec"]) for t in tried]
+
+
+@pytest.mark.parametrize(
+    ("throughputs", "kw", "sizes"),
+    [
+        ({16: 100, 32: 200, 64: 201, 128: 202, 256: 999}, {}, [16, 32, 64, 128]),  # 2 sizes under 5 %: stop
+        ({16: 100, 32: 200, 64: 201, 128: 202, 256: 203, 512: 999}, {"patience": 3}, [16, 32, 64, 128, 256]),
+        ({16: 100, 32: 104, 64: 108, 128: 999}, {}, [16, 32, 64]),  # +4 %, +3.8 %: below min_gain, stale
+        ({16: 100, 32: 104, 64: 108, 128: 999}, {"min_gain": 0.03, "max_batch": 128}, [16, 32, 64, 128]),
+        ({16: 100, 32: 101, 64: 200, 128: 201, 256: 202, 512: 999}, {}, [16, 32, 64, 128, 256]),  # a gain resets
+        ({16: 100, 32: 50, 64: 60, 128: 999}, {}, [16, 32, 64]),  # slower counts as stale; best stays 100
+        ({16: 100, 32: 200, 64: 400, 128: 800}, {"max_batch": 64}, [16, 32, 64]),
+    ],
+)
+def test_sweep_stops_after_patience_sizes_without_min_gain(monkeypatch, throughputs, kw, sizes):
+    tried = _sweep_with(monkeypatch, throughputs, **kw)
+    assert tried == [(b, throughputs[b]) for b in sizes]
+
+
+def test_sweep_ends_at_out_of_memory_and_raises_other_runtime_errors(monkeypatch):
+    for message in ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB", "CUDA: out of memory"):
+        oom = jax.errors.JaxRuntimeError(message)
+        assert _sweep_with(monkeypatch, {16: 100, 32: 200, 64: oom, 128: 999}) == [(16, 100), (32, 200), (64, None)]
+        assert bench.sweep(TINY)[-1]["stopped"] == "out of memory"  # still measuring with the fake
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        _sweep_with(monkeypatch, {16: 100, 32: jax.errors.JaxRuntimeError("INTERNAL: something else")})
+
+
 def test_time_to_accuracy_on_tiny_data(tiny_data_dir):
     overrides = [
         f"data_dir={tiny_data_dir}",
@@ -101,12 +141,53 @@ def test_bad_points_are_refused():
         bench.measure(TINY, windows=3)
 
 
-def test_peak_table_and_cpu_peak():
+def test_peak_table():
     assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")[0] == 989.4e12
     assert bench.peak_flops("weird accelerator", "float32") == (None, None)
-    peak, source = bench.peak_flops("cpu", "float32")
-    assert peak and "cores" in source
-    assert np.isfinite(peak)
+
+
+def _fake_cpuinfo(monkeypatch, tmp_path, text: str | None) -> None:
+    """``bench`` reads ``text`` as /proc/cpuinfo (None: unreadable) on a process allowed 2 cores."""
+    fake = tmp_path / "cpuinfo"
+    if text is not None:
+        fake.write_text(text)
+    monkeypatch.setattr(bench, "Path", lambda p: fake if str(p) == "/proc/cpuinfo" else Path(p))
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1})
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype", "per_cycle", "unit"),
+    [
+        ("fpu sse2", "float32", 8, "vector units"),
+        ("fpu avx2 fma", "float32", 32, "vector units"),
+        ("fpu avx2 fma", "bfloat16", 32, "vector units"),
+        ("avx2 fma avx512f avx512_bf16", "float32", 64, "vector units"),
+        ("avx2 fma avx512f avx512_bf16", "bfloat16", 128, "vector units"),
+        ("avx2 fma avx512f avx512_bf16 amx_bf16", "bfloat16", 1024, "AMX"),
+    ],
+)
+def test_cpu_peak_from_a_fixed_cpuinfo(monkeypatch, tmp_path, flags, dtype, per_cycle, unit):
+    _fake_cpuinfo(
+        monkeypatch, tmp_path, f"processor\t: 0\nmodel name\t: Fake CPU\ncpu MHz\t\t: 2000.000\nflags\t\t: {flags}\n"
+    )
+    peak, source = bench.peak_flops("cpu", dtype)
+    assert peak == 2 * 2000e6 * per_cycle
+    assert source == f"computed: 2 cores × 2000 MHz × {per_cycle} {dtype} FLOP/cycle ({unit})"
+
+
+@pytest.mark.parametrize("text", ["processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n", None])
+def test_cpu_peak_is_unknown_without_a_clock(monkeypatch, tmp_path, text):
+    """An Arm /proc/cpuinfo has no 'cpu MHz' line (and a sandbox may hide the file): no peak, no MFU."""
+    _fake_cpuinfo(monkeypatch, tmp_path, text)
+    assert bench.cpu_info()["mhz"] is None
+    assert bench.cpu_peak("float32") == bench.peak_flops("cpu", "bfloat16") == (None, None)
+
+
+def test_mfu_is_na_when_the_cpu_peak_is_unknown(monkeypatch, tmp_path):
+    _fake_cpuinfo(monkeypatch, tmp_path, None)
+    f = bench.measure(TINY, windows=5, dispatches_per_window=1, warmup=1)
+    assert f["mfu"] == "n/a" and f["examples_per_sec"] > 0
+    assert ledger.validate(ledger.make_row("throughput", dataclasses.asdict(TINY), f)) == []
 
 
 @pytest.fixture
