@@ -22,8 +22,9 @@ import jax
 import numpy as np
 
 from harness import config as config_lib
-from harness import models, parallel, steps
+from harness import models, parallel
 from harness import plan as plan_lib
+from harness.build import build
 from harness.data import batches
 from harness.errors import ConfigError
 
@@ -186,16 +187,14 @@ class _Runner:
         devices = parallel.select_devices(point.num_devices)
         plan = plan_lib.resolve(self.config, devices)  # a point runs its own steps per dispatch:
         self.plan = dataclasses.replace(plan, steps_per_dispatch=point.steps_per_dispatch)
-        tx = steps.make_optimizer(self.config, 1000)
-        graphdef, state = steps.init_state(models.create(self.config, self.plan.conv), tx)
-        self.par = parallel.Parallel(self.plan.strategy, devices, graphdef, tx, self.plan.micro_batches)
+        run = build(self.config, devices, plan=self.plan, steps_per_epoch=1000)
+        self.par, self.state = run.par, run.state
         rng = np.random.default_rng(seed)
         self.n = max(SYNTHETIC_EXAMPLES, 2 * point.batch_size)
         self.host = {
             "image": rng.integers(0, 256, (self.n, 28, 28, 1), dtype=np.uint8),
             "label": rng.integers(0, 10, self.n).astype(np.int32),
         }
-        self.state = self.par.replicate(jax.device_get(state))
         self.data = self.par.replicate(self.host) if point.data == "device" else None
         self.cursor = 0
 

@@ -6,60 +6,54 @@ import json
 import sys
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
 from harness import images as image_files
-from harness import models, parallel, steps
-from harness import plan as plan_lib
+from harness.build import Run, build, place_data, saved_config
 from harness.checkpoint import Checkpoints
 from harness.data import datasets
 from harness.errors import DataError, WorkdirError
 from harness.loop import evaluate
 
 
-def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, object, object, dict]:
-    """(config, graphdef, params, checkpoint metadata) of the latest checkpoint in ``workdir``."""
+def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Run, dict]:
+    """(config as saved, run holding the latest checkpoint's state on one device, checkpoint metadata) of the
+    trained ``workdir``. The run evaluates and predicts with ``jit`` on one device, whatever the run trained on."""
     workdir = Path(workdir).resolve()
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise WorkdirError(f"{workdir}: no trained run here (config.json missing); train with --workdir {workdir}")
     try:
-        config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+        saved = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise WorkdirError(f"{config_file}: not valid JSON ({e})") from None
-    tx = steps.make_optimizer(config, 1)
-    conv = plan_lib.conv_impl(config.get("conv", "auto"), parallel.select_devices(1))
-    graphdef, state = steps.init_state(models.create(config, conv), tx)
+    run = build(saved_config(saved, parallel="jit", num_devices=1))
     ckpt = Checkpoints(workdir, create=False, warn=lambda line: print(line, file=sys.stderr))
     try:
-        found = ckpt.restore_latest(jax.device_get(state))
+        found = ckpt.restore_latest(run.host_state)
     finally:
         ckpt.close()
     if found is None:
         raise WorkdirError(f"{workdir}: no checkpoint restores (see `harness checkpoints {workdir}`)")
     _, state, meta = found
-    return config, graphdef, state.params, meta
+    run.state = run.par.replicate(state)
+    return ml_collections.ConfigDict(saved), run, meta
 
 
 def evaluate_workdir(workdir: str | Path) -> dict:
     """Test loss and accuracy of the latest checkpoint in ``workdir`` on the full test split."""
-    config, graphdef, params, meta = load_trained(workdir)
+    config, run, meta = load_trained(workdir)
     builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
-    test = datasets.load_split(builder, "test")
-    par = parallel.Parallel("jit", parallel.select_devices(1), graphdef, None)
-    data = par.replicate({"image": test.images, "label": test.labels})
-    result = evaluate(par, par.replicate(params), data, len(test), config.batch_size)
+    place_data(run, test=datasets.load_split(builder, "test"))
+    result = evaluate(run.par, run.state.params, run.test, run.num_test, config.batch_size)
     return {**result, "step": meta["step"], "epoch": meta["step"] / meta["steps_per_epoch"], "dataset": config.dataset}
 
 
-def probabilities(graphdef, params, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """Class probabilities for every image, in batches on one device."""
-    fn = jax.jit(steps.predict_probs, static_argnums=0)
-    return np.concatenate(
-        [np.asarray(fn(graphdef, params, images[i : i + batch])) for i in range(0, len(images), batch)]
-    )
+def probabilities(run: Run, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Class probabilities of every image under the run's parameters, ``batch`` images at a time."""
+    chunks = [run.par.predict(run.state.params, images[i : i + batch]) for i in range(0, len(images), batch)]
+    return np.concatenate(chunks)
 
 
 def top3(p: np.ndarray, names: list[str]) -> list[list]:
@@ -69,14 +63,14 @@ def top3(p: np.ndarray, names: list[str]) -> list[list]:
 
 def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     """For each test-split index: the true label, the predicted class and the top-3 probabilities."""
-    config, graphdef, params, _ = load_trained(workdir)
+    config, run, _ = load_trained(workdir)
     builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
     test = datasets.load_split(builder, "test")
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise DataError(f"--index {bad[0]}: outside the test split (0..{len(test) - 1})")
     names = datasets.class_names(config.dataset)
-    probs = probabilities(graphdef, params, test.images[indices])
+    probs = probabilities(run, test.images[indices])
     rows = []
     for i, p in zip(indices, probs, strict=True):
         top = top3(p, names)
@@ -91,12 +85,12 @@ def predict_images(workdir: str | Path, paths: list[str | Path], invert: str = "
     Every file is read before the checkpoint is loaded, so a bad file fails fast.
     """
     grays = [image_files.load(path) for path in paths]
-    config, graphdef, params, _ = load_trained(workdir)
+    config, run, _ = load_trained(workdir)
     box = image_files.BOX.get(config.dataset, 20)
     batch = np.stack([image_files.to_dataset_format(g, invert, box) for g in grays])
     names = datasets.class_names(config.dataset)
     rows = []
-    for path, gray, p in zip(paths, grays, probabilities(graphdef, params, batch), strict=True):
+    for path, gray, p in zip(paths, grays, probabilities(run, batch), strict=True):
         top = top3(p, names)
         inverted = image_files.should_invert(gray, invert)
         rows.append({"file": str(path), "predicted": top[0][0], "inverted": inverted, "top3": top})

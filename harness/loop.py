@@ -10,36 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from harness import parallel
+from harness.build import Run
 from harness.checkpoint import Checkpoints, fingerprint
 from harness.data import batches
 from harness.errors import TrainingError
-from harness.plan import Plan
 
 MAX_IN_FLIGHT = 8  # steps queued on the device before the loop waits (XLA:CPU aborts with ~60+ collectives queued)
 TIMING_KEYS = ("examples_per_sec", "epoch_seconds")  # the only row fields that differ between identical runs
-
-
-@dataclasses.dataclass
-class Run:
-    """What the loop works with: placed data and state, the plan and its strategy, and the batch geometry."""
-
-    config: ml_collections.ConfigDict
-    plan: Plan
-    par: parallel.Parallel
-    state: Any
-    train: dict
-    test: dict
-    num_train: int
-    num_test: int
-    steps_per_epoch: int
-
-    @property
-    def steps_per_dispatch(self) -> int:
-        return self.plan.steps_per_dispatch
 
 
 @dataclasses.dataclass

@@ -215,6 +215,13 @@ class Parallel:
                 "train_batch", partial(steps.update, graphdef, tx, micro_batches=micro_batches), (REPL, SPLIT), True
             ),
             "eval": self._wrap("eval", partial(steps.eval_step, graphdef), (REPL, REPL, SPLIT), False),
+            "predict": self._wrap(
+                "predict",
+                lambda params, images, reduce: steps.predict_probs(graphdef, params, images),
+                (REPL, SPLIT),
+                False,
+                SPLIT,
+            ),
         }
 
     @property
@@ -224,8 +231,9 @@ class Parallel:
     def _sharding(self, spec: P) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
 
-    def _wrap(self, name: str, fn, layout: tuple, donate_state: bool):
-        """``fn(*args, reduce=…)`` compiled for this strategy; ``layout`` gives each argument's jit sharding."""
+    def _wrap(self, name: str, fn, layout: tuple, donate_state: bool, out_layout: P | None = None):
+        """``fn(*args, reduce=…)`` compiled for this strategy; ``layout`` gives each argument's jit sharding, and
+        ``out_layout`` the output's (default: replicated; a donated state's new state and sums)."""
         reduce = partial(jax.lax.psum, axis_name=AXIS) if self.kind == "pmap" else steps.identity
 
         def traced(*args):
@@ -235,7 +243,7 @@ class Parallel:
         donate = (0,) if donate_state else ()
         if self.kind == "pmap":
             return jax.pmap(traced, axis_name=AXIS, devices=self.devices, donate_argnums=donate)
-        out = (self._sharding(REPL), self._sharding(REPL)) if donate_state else self._sharding(REPL)
+        out = (self._sharding(REPL), self._sharding(REPL)) if donate_state else self._sharding(out_layout or REPL)
         shardings = tuple(self._sharding(spec) for spec in layout)
         return jax.jit(traced, in_shardings=shardings, out_shardings=out, donate_argnums=donate)
 
@@ -318,6 +326,13 @@ class Parallel:
     def eval_step(self, params: Any, data: Any, indices: jax.Array) -> Any:
         """Metric sums of one eval batch (device-resident)."""
         return self._fns["eval"](params, data, indices)
+
+    def predict(self, params: Any, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of host ``images`` (padded to a multiple of the device count; single-process)."""
+        n, pad = len(images), -len(images) % self.num_devices
+        padded = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
+        probs = np.asarray(self._fns["predict"](params, self._split(padded, 0)))
+        return probs.reshape(-1, probs.shape[-1])[:n]
 
     def metrics_to_host(self, sums: Any) -> dict:
         """Device metric sums → host floats (pmap's copies are equal after the psum: take the first)."""

@@ -190,10 +190,10 @@ def write_report(workdir: Path, out: Path | None = None) -> Path:
     """Writes the report of ``workdir``'s latest checkpoint into ``out`` (default ``WORKDIR/report``)."""
     workdir = Path(workdir).resolve()
     rows = read_metrics(workdir)
-    config, graphdef, params, meta = load_trained(workdir)
+    config, run, meta = load_trained(workdir)
     test = datasets.load_split(_test_builder(config, workdir), "test")
     names = datasets.class_names(config.dataset)
-    probs = probabilities(graphdef, params, test.images)
+    probs = probabilities(run, test.images)
     counts = confusion(test.labels, probs.argmax(-1), len(names))
     out = Path(out) if out else workdir / "report"
     pngs = {

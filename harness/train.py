@@ -12,13 +12,14 @@ import jax
 import ml_collections
 
 from harness import hooks as hooks_lib
-from harness import models, parallel, steps
+from harness import parallel, steps
 from harness import plan as plan_lib
 from harness import workdir as workdir_lib
+from harness.build import Run, build, place_data
 from harness.checkpoint import Checkpoints, describe_position, write_atomic
 from harness.data import batches, datasets
 from harness.errors import ConfigError, WorkdirError
-from harness.loop import Loop, Progress, Run
+from harness.loop import Loop, Progress
 from harness.preemption import StopSignals
 
 # Keys that change what a run computes: resuming with any of them changed is refused. The others (logging,
@@ -42,11 +43,16 @@ TRAJECTORY_KEYS = (
 
 def setup(
     config: ml_collections.ConfigDict, devices: list, plan: plan_lib.Plan, print_fn: Callable[[str], Any] = print
-) -> tuple[Run, Any]:
-    """Prepares and places the data, builds the model and step wrappers of the resolved ``plan``.
+) -> Run:
+    """Prepares the data, builds the run of the resolved ``plan`` on ``devices`` and places the data there."""
+    config, train, test = _load_data(config, print_fn)
+    run = build(config, devices, plan=plan, steps_per_epoch=batches.steps_per_epoch(len(train), config.batch_size))
+    place_data(run, train, test)
+    return run
 
-    Returns the run (with the freshly initialised state placed) and that state as host arrays.
-    """
+
+def _load_data(config: ml_collections.ConfigDict, print_fn) -> tuple[ml_collections.ConfigDict, Any, Any]:
+    """(config recording the data dir it read, train split, test split); refuses a batch larger than the split."""
     builder, source = _prepare_data(config)
     if not config.data_dir:  # record where the data is: eval, predict and report then read the run's own
         config = config.copy_and_resolve_references()
@@ -57,23 +63,7 @@ def setup(
         raise ConfigError(
             f"config.batch_size={config.batch_size}: larger than the training split ({len(train)} examples)"
         )
-    spe = batches.steps_per_epoch(len(train), config.batch_size)
-    tx = steps.make_optimizer(config, spe)
-    graphdef, state = steps.init_state(models.create(config, plan.conv), tx)
-    par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches)
-    host_state = jax.device_get(state)
-    run = Run(
-        config=config,
-        plan=plan,
-        par=par,
-        state=par.replicate(host_state),
-        train=par.replicate({"image": train.images, "label": train.labels}),
-        test=par.replicate({"image": test.images, "label": test.labels}),
-        num_train=len(train),
-        num_test=len(test),
-        steps_per_epoch=spe,
-    )
-    return run, host_state
+    return config, train, test
 
 
 def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Any, str]:
@@ -103,8 +93,8 @@ def trajectory_changes(saved: dict, config: ml_collections.ConfigDict) -> list[s
     return [f"{k} ({saved.get(k)!r} → {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
 
 
-def _resume(run: Run, ckpt: Checkpoints, host_state: Any, workdir: Path, print_fn) -> Progress | None:
-    found = ckpt.restore_latest(host_state)
+def _resume(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress | None:
+    found = ckpt.restore_latest(run.host_state)
     if found is None:
         return None
     step, state, meta = found
@@ -127,17 +117,17 @@ def _resume(run: Run, ckpt: Checkpoints, host_state: Any, workdir: Path, print_f
     return Progress.from_meta(meta)
 
 
-def _init_from(run: Run, host_state: Any, source: str, print_fn) -> None:
+def _init_from(run: Run, source: str, print_fn) -> None:
     ckpt = Checkpoints(Path(source), create=False, warn=print_fn)
     try:
-        found = ckpt.restore_latest(host_state)
+        found = ckpt.restore_latest(run.host_state)
     finally:
         ckpt.close()
     if found is None:
         raise WorkdirError(f"config.init_from={source!r}: no checkpoint there restores")
     step, state, _ = found
     run.state = run.par.replicate(
-        steps.TrainState(step=host_state.step, params=state.params, opt_state=host_state.opt_state)
+        steps.TrainState(step=run.host_state.step, params=state.params, opt_state=run.host_state.opt_state)
     )
     print_fn(f"initialised the parameters from {source} (step {step}); step, optimizer and data order start anew")
 
@@ -169,12 +159,12 @@ def train_and_evaluate(
     workdir = workdir_lib.check(workdir)  # resolved; nothing created yet
     parallel.enable_compilation_cache(announce=print_fn)  # says so once per process
     print_fn(f"plan: {plan.describe()}")
-    run, host_state = setup(config, devices, plan, print_fn)
+    run = setup(config, devices, plan, print_fn)
     with workdir_lib.claimed(workdir, main):
         parallel.barrier("harness-workdir-claimed")
         ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)
         try:
-            progress = _start(run, ckpt, host_state, workdir, print_fn)
+            progress = _start(run, ckpt, workdir, print_fn)
             if progress.step >= config.num_epochs * run.steps_per_epoch:
                 return _already_trained(run, progress, print_fn)
             if hooks is None:
@@ -187,14 +177,14 @@ def train_and_evaluate(
             ckpt.close()
 
 
-def _start(run: Run, ckpt: Checkpoints, host_state: Any, workdir: Path, print_fn) -> Progress:
+def _start(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress:
     """Resumes (or initialises) the run and writes its config and metric history into the workdir."""
     config = run.config
-    progress = _resume(run, ckpt, host_state, workdir, print_fn)
+    progress = _resume(run, ckpt, workdir, print_fn)
     if progress is None:
         progress = Progress()
         if config.init_from:
-            _init_from(run, host_state, config.init_from, print_fn)
+            _init_from(run, config.init_from, print_fn)
     if parallel.is_main_process():
         write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         history = "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history)

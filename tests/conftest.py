@@ -93,18 +93,15 @@ def mock_tfds(monkeypatch):
 
 def final_checkpoint(workdir):
     """(host state, metadata) of the latest good checkpoint in ``workdir``, restored like a resume would."""
-    import jax
-
-    from harness import models, steps
+    from harness import parallel
+    from harness.build import build, saved_config
     from harness.checkpoint import Checkpoints
 
     ckpt = Checkpoints(workdir, create=False)
     step = ckpt.good_steps()[-1]
     meta = ckpt.read_meta(step)
-    c = config_lib.base_config()
-    c.update({**meta["config"], "mlp_hidden": tuple(meta["config"]["mlp_hidden"])})
-    _, target = steps.init_state(models.create(c), steps.make_optimizer(c, meta["steps_per_epoch"]))
-    state, meta = ckpt.restore(jax.device_get(target), step)
+    run = build(saved_config(meta["config"]), parallel.select_devices(1), steps_per_epoch=meta["steps_per_epoch"])
+    state, meta = ckpt.restore(run.host_state, step)
     ckpt.close()
     return state, meta
 

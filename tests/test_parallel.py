@@ -112,6 +112,18 @@ def test_several_steps_per_dispatch_and_host_batches_match_single_steps(kind):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["pmap", "jit"])
+def test_predict_pads_the_images_to_the_devices_and_matches_the_model_on_the_host(kind):
+    c = config_lib.base_config()
+    c.model = "mlp_tiny"
+    graphdef, state = steps.init_state(models.create(c), steps.make_optimizer(c, 1))
+    par = parallel.Parallel(kind, parallel.select_devices(8), graphdef, None)
+    images = make_images(np.arange(13) % 10)  # 13 = 8 + 5: three padded rows
+    got = par.predict(par.replicate(jax.device_get(state.params)), images)
+    assert got.shape == (13, 10)
+    np.testing.assert_allclose(got, steps.predict_probs(graphdef, state.params, images), atol=1e-6)
+
+
 def test_compilation_cache_dir_and_off_switch(tmp_path):
     """In fresh processes: JAX initialises its cache once per process, and this suite has compiled already."""
     script = (

@@ -142,12 +142,10 @@ def test_a_step_that_cannot_fit_in_memory_stops_before_training_and_leaves_nothi
 
 
 def test_the_memory_estimate_of_a_real_step_is_positive_and_below_the_host_memory(tiny_config, tmp_path):
-    from harness import parallel
-
-    from harness import plan
+    from harness import parallel, plan
 
     devices = parallel.select_devices(0)
-    run, _ = train.setup(tiny_config, devices, plan.resolve(tiny_config, devices), print_fn=lambda _: None)
+    run = train.setup(tiny_config, devices, plan.resolve(tiny_config, devices), print_fn=lambda _: None)
     indices = run.par.shard_indices(np.arange(tiny_config.batch_size, dtype=np.int32))
     run.par.compile(run.state, run.train, run.test, indices)
     need = parallel.needed_bytes(run.par._fns["train"])

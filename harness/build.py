@@ -1,0 +1,78 @@
+"""``build(config, devices) -> Run``: the one place a run is set up, for train, bench, eval/predict, report and
+the tests.
+
+``build`` resolves the plan (the run's one validation of its config), makes the optimizer, the model and its
+freshly initialised state, and the step wrappers (:class:`~harness.parallel.Parallel`), and places the state.
+Data is placed apart (:func:`place_data`), so a caller without a training split (eval, predict, report), with
+synthetic data (bench) or with no data at all (a test that only needs the state's shape) builds the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import jax
+import ml_collections
+
+from harness import config as config_lib
+from harness import models, parallel, steps
+from harness import plan as plan_lib
+
+if TYPE_CHECKING:
+    from harness.data.datasets import Split
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop works with: the plan and its strategy, the placed state and data, and the batch geometry."""
+
+    config: ml_collections.ConfigDict
+    plan: plan_lib.Plan
+    par: parallel.Parallel
+    host_state: Any  # the freshly initialised state as host arrays: what a checkpoint restores into
+    state: Any  # placed on the devices
+    steps_per_epoch: int = 1
+    train: dict | None = None
+    test: dict | None = None
+    num_train: int = 0
+    num_test: int = 0
+
+    @property
+    def steps_per_dispatch(self) -> int:
+        return self.plan.steps_per_dispatch
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    devices: list | None = None,
+    *,
+    plan: plan_lib.Plan | None = None,
+    steps_per_epoch: int = 1,
+) -> Run:
+    """The run of ``config`` on ``devices`` (default: ``config.num_devices`` of :func:`parallel.select_devices`),
+    its initial state placed. ``plan``: one already resolved for these devices (the config is then not checked
+    again), else it is resolved here. ``steps_per_epoch`` paces the learning-rate schedule."""
+    devices = parallel.select_devices(config.num_devices) if devices is None else list(devices)
+    plan = plan_lib.resolve(config, devices) if plan is None else plan
+    tx = steps.make_optimizer(config, steps_per_epoch)
+    graphdef, state = steps.init_state(models.create(config, plan.conv), tx)
+    par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches)
+    host_state = jax.device_get(state)
+    return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
+
+
+def place_data(run: Run, train: Split | None = None, test: Split | None = None) -> None:
+    """Places the given splits on the run's devices, once: the steps gather their batches there."""
+    if train is not None:
+        run.train, run.num_train = run.par.replicate({"image": train.images, "label": train.labels}), len(train)
+    if test is not None:
+        run.test, run.num_test = run.par.replicate({"image": test.images, "label": test.labels}), len(test)
+
+
+def saved_config(saved: dict, **overrides: Any) -> ml_collections.ConfigDict:
+    """A run's config as saved (config.json, checkpoint metadata) on the defaults of today's keys, with
+    ``overrides``: what :func:`build` takes to rebuild that run's model."""
+    config = config_lib.base_config()
+    config.update({**saved, "mlp_hidden": tuple(saved.get("mlp_hidden", config.mlp_hidden)), **overrides})
+    return config
