@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from harness import config as config_lib
-from harness import models, parallel
+from harness import models, runtime
 from harness import plan as plan_lib
 from harness.build import build
 from harness.data import batches
@@ -111,7 +111,7 @@ def resolve(point: Point) -> Point:
     if point.data == "host":
         return dataclasses.replace(point, steps_per_dispatch=1)
     c = config_lib.base_config()
-    devices = parallel.select_devices(point.num_devices)
+    devices = runtime.select_devices(point.num_devices)
     k = plan_lib.steps_per_dispatch(0, devices, c.log_every_steps, c.checkpoint_every_steps)
     return dataclasses.replace(point, steps_per_dispatch=k)
 
@@ -184,7 +184,7 @@ class _Runner:
         if point.steps_per_dispatch < 1 or (point.steps_per_dispatch > 1 and point.data == "host"):
             raise ConfigError(f"steps_per_dispatch={point.steps_per_dispatch}: ≥ 1, and 1 with host data")
         self.point, self.config = point, _config(point)
-        devices = parallel.select_devices(point.num_devices)
+        devices = runtime.select_devices(point.num_devices)
         plan = plan_lib.resolve(self.config, devices)  # a point runs its own steps per dispatch:
         self.plan = dataclasses.replace(plan, steps_per_dispatch=point.steps_per_dispatch)
         run = build(self.config, devices, plan=self.plan, steps_per_epoch=1000)

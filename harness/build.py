@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from harness import config as config_lib
-from harness import models, parallel, steps
+from harness import models, parallel, runtime, steps
 from harness import plan as plan_lib
 
 if TYPE_CHECKING:
@@ -50,10 +50,10 @@ def build(
     plan: plan_lib.Plan | None = None,
     steps_per_epoch: int = 1,
 ) -> Run:
-    """The run of ``config`` on ``devices`` (default: ``config.num_devices`` of :func:`parallel.select_devices`),
+    """The run of ``config`` on ``devices`` (default: ``config.num_devices`` of :func:`harness.runtime.select_devices`),
     its initial state placed. ``plan``: one already resolved for these devices (the config is then not checked
     again), else it is resolved here. ``steps_per_epoch`` paces the learning-rate schedule."""
-    devices = parallel.select_devices(config.num_devices) if devices is None else list(devices)
+    devices = runtime.select_devices(config.num_devices) if devices is None else list(devices)
     plan = plan_lib.resolve(config, devices) if plan is None else plan
     tx = steps.make_optimizer(config, steps_per_epoch)
     graphdef, state = steps.init_state(models.create(config, plan.conv), tx)

@@ -44,8 +44,8 @@ import orbax.checkpoint as ocp
 
 import harness
 from harness.errors import ForeignCheckpointError, TrainingError, WorkdirError
-from harness.parallel import barrier, is_main_process
 from harness.retention import remove_step, steps_to_keep, sweep
+from harness.runtime import barrier, is_main_process
 
 ERROR_LOG = "harness-errors.log"
 

@@ -6,7 +6,7 @@ naming the variable and what it allows. Three parsers cover them: a switch (``1/
 requirement taken as it is). An empty variable counts as unset.
 
 Config keys win over variables that duplicate them: ``config.distributed`` is ``None`` unless a config sets it,
-and only then does ``HARNESS_DISTRIBUTED`` decide (see :func:`harness.parallel.initialize_distributed`).
+and only then does ``HARNESS_DISTRIBUTED`` decide (see :func:`harness.runtime.initialize_distributed`).
 README's "Settings (environment variables)" table lists the same variables as :data:`VARIABLES` (a test checks).
 """
 

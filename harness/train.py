@@ -12,8 +12,8 @@ import jax
 import ml_collections
 
 from harness import hooks as hooks_lib
-from harness import parallel, steps
 from harness import plan as plan_lib
+from harness import runtime, steps
 from harness import workdir as workdir_lib
 from harness.build import Run, build, place_data
 from harness.checkpoint import Checkpoints, describe_position, write_atomic
@@ -68,11 +68,11 @@ def _load_data(config: ml_collections.ConfigDict, print_fn) -> tuple[ml_collecti
 
 def _prepare_data(config: ml_collections.ConfigDict) -> tuple[Any, str]:
     """Prepares the dataset (process 0 first, so processes sharing a data dir never write it together)."""
-    if not parallel.is_main_process():
-        parallel.barrier("harness-data-prepared")
+    if not runtime.is_main_process():
+        runtime.barrier("harness-data-prepared")
     found = datasets.ensure_prepared(config.dataset, config.data_dir or None)
-    if parallel.is_main_process():
-        parallel.barrier("harness-data-prepared")
+    if runtime.is_main_process():
+        runtime.barrier("harness-data-prepared")
     return found
 
 
@@ -151,17 +151,17 @@ def train_and_evaluate(
     prints and writes logs, all of them take part in checkpoints (``workdir`` must be on a shared file system).
     """
     started = clock()
-    multi_process = parallel.initialize_distributed(config.distributed) and jax.process_count() > 1
-    main = parallel.is_main_process()
+    multi_process = runtime.initialize_distributed(config.distributed) and jax.process_count() > 1
+    main = runtime.is_main_process()
     print_fn = print_fn if main else _silent
-    devices = parallel.select_devices(config.num_devices)
+    devices = runtime.select_devices(config.num_devices)
     plan = plan_lib.resolve(config, devices)  # the one validation of the config
     workdir = workdir_lib.check(workdir)  # resolved; nothing created yet
-    parallel.enable_compilation_cache(announce=print_fn)  # says so once per process
+    runtime.enable_compilation_cache(announce=print_fn)  # says so once per process
     print_fn(f"plan: {plan.describe()}")
     run = setup(config, devices, plan, print_fn)
     with workdir_lib.claimed(workdir, main):
-        parallel.barrier("harness-workdir-claimed")
+        runtime.barrier("harness-workdir-claimed")
         ckpt = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, warn=print_fn)
         try:
             progress = _start(run, ckpt, workdir, print_fn)
@@ -185,7 +185,7 @@ def _start(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress:
         progress = Progress()
         if config.init_from:
             _init_from(run, config.init_from, print_fn)
-    if parallel.is_main_process():
+    if runtime.is_main_process():
         write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         history = "".join(json.dumps(r, sort_keys=True) + "\n" for r in progress.history)
         write_atomic(workdir / "metrics.jsonl", history)
@@ -210,7 +210,7 @@ def _finish(summary: dict, config: ml_collections.ConfigDict, ckpt: Checkpoints,
         )
     elif config.report:
         ckpt.finalize()  # every process: a save ends with a barrier
-        if parallel.is_main_process():
+        if runtime.is_main_process():
             from harness.report import write_report
 
             print_fn(f"report: {write_report(workdir)}")

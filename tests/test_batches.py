@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from harness import parallel
+from harness import parallel, runtime
 from harness.data import batches
 
 
@@ -29,7 +29,7 @@ def test_order_is_a_pure_function_of_seed_epoch_step():
 def test_same_global_batch_on_1_and_8_devices(kind):
     idx = batches.batch_indices(5, 2, 1, 64, 300)
     for n in (1, 8):
-        par = parallel.Parallel(kind, parallel.select_devices(n), None, None)
+        par = parallel.Parallel(kind, runtime.select_devices(n), None, None)
         placed = par.shard_indices(idx)
         np.testing.assert_array_equal(np.asarray(placed).reshape(-1), idx)
         assert len({s.device for s in placed.addressable_shards}) == n

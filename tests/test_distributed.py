@@ -197,13 +197,13 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path, data_dir, 
 
 
 def test_bad_distributed_settings_are_one_line(monkeypatch):
-    from harness import parallel
+    from harness import runtime
 
     monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
     with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two'"):
-        parallel.initialize_distributed(True)
+        runtime.initialize_distributed(True)
     monkeypatch.delenv("JAX_NUM_PROCESSES")
-    assert parallel.initialize_distributed(False) is False
+    assert runtime.initialize_distributed(False) is False
 
 
 def test_missing_coordinator_is_one_line_after_the_timeout(tmp_path):

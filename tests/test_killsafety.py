@@ -80,11 +80,11 @@ def _check_all_listed_restore(workdir) -> list[int]:
     ckpt = Checkpoints(workdir, create=False, warn=lambda _: None)
     try:
         from harness import config as config_lib
-        from harness import parallel
+        from harness import runtime
         from harness.build import build
 
         config = config_lib.load("smoke", ["model=mlp_tiny"])
-        target = build(config, parallel.select_devices(1), steps_per_epoch=64).host_state
+        target = build(config, runtime.select_devices(1), steps_per_epoch=64).host_state
         good = ckpt.good_steps()
         for step in good:
             assert ckpt.verify(step) is None, (step, ckpt.verify(step))

@@ -4,17 +4,13 @@ This is the guard against the gradient-scale trap (DESIGN.md §4): a wrong colle
 parameters drift away from the single-device ones after the first step.
 """
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 from helpers import make_images
 
 from harness import config as config_lib
-from harness import models, parallel, steps
+from harness import models, parallel, runtime, steps
 from harness.data import batches
 from harness.errors import ConfigError
 
@@ -26,7 +22,7 @@ def _train(kind, num_devices, model, optimizer="adam"):
     c.update(model=model, optimizer=optimizer, learning_rate=3e-3)
     tx = steps.make_optimizer(c, batches.steps_per_epoch(N, BATCH))
     graphdef, state = steps.init_state(models.create(c), tx)
-    par = parallel.Parallel(kind, parallel.select_devices(num_devices), graphdef, tx)
+    par = parallel.Parallel(kind, runtime.select_devices(num_devices), graphdef, tx)
     labels = np.random.default_rng(1).integers(0, 10, N).astype(np.int32)
     data = par.replicate({"image": make_images(labels), "label": labels})
     state, losses = par.replicate(state), []
@@ -79,11 +75,9 @@ def test_pmap_state_is_unreplicated_to_one_host_copy():
     assert sorted(leaf.shape for leaf in leaves) == [(10,), (16,), (16, 10), (784, 16)]
 
 
-def test_unknown_strategy_and_too_many_devices():
+def test_unknown_strategy():
     with pytest.raises(ConfigError, match="allowed: pmap, jit"):
-        parallel.Parallel("dp", parallel.select_devices(1), None, None)
-    with pytest.raises(ConfigError, match="only 8 cpu device"):
-        parallel.select_devices(9)
+        parallel.Parallel("dp", runtime.select_devices(1), None, None)
 
 
 @pytest.mark.parametrize("kind", ["pmap", "jit"])
@@ -92,7 +86,7 @@ def test_several_steps_per_dispatch_and_host_batches_match_single_steps(kind):
     c.update(model="mlp_tiny", optimizer="sgd", learning_rate=0.1)
     tx = steps.make_optimizer(c, 4)
     graphdef, state = steps.init_state(models.create(c), tx)
-    par = parallel.Parallel(kind, parallel.select_devices(8), graphdef, tx)
+    par = parallel.Parallel(kind, runtime.select_devices(8), graphdef, tx)
     labels = np.random.default_rng(2).integers(0, 10, N).astype(np.int32)
     host = {"image": make_images(labels), "label": labels}
     data = par.replicate(host)
@@ -117,26 +111,8 @@ def test_predict_pads_the_images_to_the_devices_and_matches_the_model_on_the_hos
     c = config_lib.base_config()
     c.model = "mlp_tiny"
     graphdef, state = steps.init_state(models.create(c), steps.make_optimizer(c, 1))
-    par = parallel.Parallel(kind, parallel.select_devices(8), graphdef, None)
+    par = parallel.Parallel(kind, runtime.select_devices(8), graphdef, None)
     images = make_images(np.arange(13) % 10)  # 13 = 8 + 5: three padded rows
     got = par.predict(par.replicate(jax.device_get(state.params)), images)
     assert got.shape == (13, 10)
     np.testing.assert_allclose(got, steps.predict_probs(graphdef, state.params, images), atol=1e-6)
-
-
-def test_compilation_cache_dir_and_off_switch(tmp_path):
-    """In fresh processes: JAX initialises its cache once per process, and this suite has compiled already."""
-    script = (
-        "import jax, numpy as np; from harness import parallel; d = parallel.enable_compilation_cache(); "
-        "jax.jit(lambda x: x * 2 + 1)(np.ones(3)); print(d)"
-    )
-
-    def run(value):
-        env = {**os.environ, "HARNESS_COMPILATION_CACHE": value}
-        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-        assert p.returncode == 0, p.stderr
-        return p.stdout.strip().splitlines()[-1]
-
-    assert run(str(tmp_path / "cache")) == str(tmp_path / "cache")
-    assert any((tmp_path / "cache").iterdir())  # the compiled program was stored
-    assert run("off") == "None"

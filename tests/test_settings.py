@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from harness import cli, parallel, settings, train
+from harness import cli, runtime, settings, train
 from harness import config as config_lib
 from harness.errors import HarnessError
 
@@ -154,14 +154,14 @@ def test_config_distributed_is_unset_by_default_and_parses_as_a_bool():
 
 
 def test_the_variable_decides_only_when_the_config_leaves_distributed_unset(fake_initialize, monkeypatch):
-    assert parallel.initialize_distributed(None) is False and fake_initialize == []
+    assert runtime.initialize_distributed(None) is False and fake_initialize == []
     monkeypatch.setenv("HARNESS_DISTRIBUTED", "1")
     monkeypatch.setenv("HARNESS_DISTRIBUTED_TIMEOUT", "7")
-    assert parallel.initialize_distributed(False) is False and fake_initialize == []  # the config wins
-    assert parallel.initialize_distributed(None) is True
+    assert runtime.initialize_distributed(False) is False and fake_initialize == []  # the config wins
+    assert runtime.initialize_distributed(None) is True
     assert fake_initialize == [{"initialization_timeout": 7}]
     monkeypatch.setenv("HARNESS_DISTRIBUTED", "0")
-    assert parallel.initialize_distributed(True) is True and len(fake_initialize) == 2  # the config wins
+    assert runtime.initialize_distributed(True) is True and len(fake_initialize) == 2  # the config wins
 
 
 # ---- HARNESS_CPU_DEVICES ------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_training_says_once_per_process_that_the_compilation_cache_is_on(tiny_co
 def test_compilation_cache_off_says_nothing(monkeypatch):
     monkeypatch.setenv("HARNESS_COMPILATION_CACHE", "off")
     lines = []
-    assert parallel.enable_compilation_cache(lines.append) is None and lines == []
+    assert runtime.enable_compilation_cache(lines.append) is None and lines == []
 
 
 # ---- importing harness changes nothing process-wide ---------------------------------------------------------
@@ -234,7 +234,7 @@ def snapshot():
             "jax": {k: repr(v) for k, v in jax.config.values.items()}, "env": dict(os.environ)}
 before = snapshot()
 import harness.cli, harness.report, harness.explore, harness.pictures, harness.train, harness.bench, harness.ledger
-import harness.evaluate, harness.settings, harness.parallel, harness.data.datasets, harness.colab
+import harness.evaluate, harness.settings, harness.parallel, harness.runtime, harness.data.datasets, harness.colab
 after = snapshot()
 print(json.dumps({k: {n: [before[k].get(n), after[k].get(n)] for n in set(before[k]) | set(after[k])
                       if before[k].get(n) != after[k].get(n)} if isinstance(before[k], dict) else

@@ -127,12 +127,12 @@ def test_a_batch_larger_than_the_training_split_is_refused_and_leaves_nothing(ti
 def test_a_step_that_cannot_fit_in_memory_stops_before_training_and_leaves_nothing(
     tiny_data_dir, tmp_path, capsys, monkeypatch, existing_empty_dir
 ):
-    from harness import parallel
+    from harness import runtime
 
     workdir = tmp_path / "run"
     if existing_empty_dir:
         workdir.mkdir()
-    monkeypatch.setattr(parallel, "available_bytes", lambda devices: 1024)  # 1 KiB free per device
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 1024)  # 1 KiB free per device
     assert cli.main(_train_cli(tiny_data_dir, workdir)) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert (
@@ -142,14 +142,14 @@ def test_a_step_that_cannot_fit_in_memory_stops_before_training_and_leaves_nothi
 
 
 def test_the_memory_estimate_of_a_real_step_is_positive_and_below_the_host_memory(tiny_config, tmp_path):
-    from harness import parallel, plan
+    from harness import parallel, plan, runtime
 
-    devices = parallel.select_devices(0)
+    devices = runtime.select_devices(0)
     run = train.setup(tiny_config, devices, plan.resolve(tiny_config, devices), print_fn=lambda _: None)
     indices = run.par.shard_indices(np.arange(tiny_config.batch_size, dtype=np.int32))
     run.par.compile(run.state, run.train, run.test, indices)
     need = parallel.needed_bytes(run.par._fns["train"])
-    assert 0 < need < parallel.available_bytes(run.par.devices)
+    assert 0 < need < runtime.available_bytes(run.par.devices)
 
 
 def _harness(*args, data_dir) -> subprocess.CompletedProcess:
