@@ -10,6 +10,8 @@ synthetic data (bench) or with no data at all (a test that only needs the state'
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -18,6 +20,7 @@ import ml_collections
 from harness import config as config_lib
 from harness import models, parallel, runtime, steps
 from harness import plan as plan_lib
+from harness.checkpoint import Checkpoints
 
 if TYPE_CHECKING:
     from harness.data.datasets import Split
@@ -68,6 +71,16 @@ def place_data(run: Run, train: Split | None = None, test: Split | None = None) 
         run.train, run.num_train = run.par.replicate({"image": train.images, "label": train.labels}), len(train)
     if test is not None:
         run.test, run.num_test = run.par.replicate({"image": test.images, "label": test.labels}), len(test)
+
+
+def restore_latest(run: Run, workdir: Path, warn: Callable[[str], Any]) -> tuple[int, Any, dict] | None:
+    """(step, host state, metadata) of the latest good checkpoint of another run's ``workdir``, opened read-only
+    and restored into this run's state shape; None when none restores."""
+    ckpt = Checkpoints(workdir, create=False, warn=warn)
+    try:
+        return ckpt.restore_latest(run.host_state)
+    finally:
+        ckpt.close()
 
 
 def saved_config(saved: dict, **overrides: Any) -> ml_collections.ConfigDict:

@@ -10,8 +10,7 @@ import ml_collections
 import numpy as np
 
 from harness import images as image_files
-from harness.build import Run, build, place_data, saved_config
-from harness.checkpoint import Checkpoints
+from harness.build import Run, build, place_data, restore_latest, saved_config
 from harness.data import datasets
 from harness.errors import DataError, WorkdirError
 from harness.loop import evaluate
@@ -29,11 +28,7 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Run, d
     except json.JSONDecodeError as e:
         raise WorkdirError(f"{config_file}: not valid JSON ({e})") from None
     run = build(saved_config(saved, parallel="jit", num_devices=1))
-    ckpt = Checkpoints(workdir, create=False, warn=lambda line: print(line, file=sys.stderr))
-    try:
-        found = ckpt.restore_latest(run.host_state)
-    finally:
-        ckpt.close()
+    found = restore_latest(run, workdir, warn=lambda line: print(line, file=sys.stderr))
     if found is None:
         raise WorkdirError(f"{workdir}: no checkpoint restores (see `harness checkpoints {workdir}`)")
     _, state, meta = found

@@ -15,7 +15,7 @@ from harness import hooks as hooks_lib
 from harness import plan as plan_lib
 from harness import runtime, steps
 from harness import workdir as workdir_lib
-from harness.build import Run, build, place_data
+from harness.build import Run, build, place_data, restore_latest
 from harness.checkpoint import Checkpoints, describe_position, write_atomic
 from harness.data import batches, datasets
 from harness.errors import ConfigError, WorkdirError
@@ -118,11 +118,7 @@ def _resume(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress | 
 
 
 def _init_from(run: Run, source: str, print_fn) -> None:
-    ckpt = Checkpoints(Path(source), create=False, warn=print_fn)
-    try:
-        found = ckpt.restore_latest(run.host_state)
-    finally:
-        ckpt.close()
+    found = restore_latest(run, Path(source), warn=print_fn)
     if found is None:
         raise WorkdirError(f"config.init_from={source!r}: no checkpoint there restores")
     step, state, _ = found
