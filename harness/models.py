@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-NUM_CLASSES = 10
+from harness.data.idx import NUM_CLASSES
+
 IMAGE_PIXELS = 28 * 28
 
 
