@@ -27,7 +27,12 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Train, evaluate and inspect Flax models on MNIST and Fashion-MNIST.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train_and_eval, _add_predict, _add_inspection, _add_bench, _add_data):
+        add(sub)
+    return p
 
+
+def _add_train_and_eval(sub) -> None:
     t = sub.add_parser("train", help="train a config into a workdir; extra --config.KEY=VALUE override the config")
     t.add_argument("--config", default="default", help="config file, or a shipped config's name (default: default)")
     t.add_argument(
@@ -40,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="classify test images (--index) or your own files (--image)")
     pr.add_argument("--workdir", required=True)
     which = pr.add_mutually_exclusive_group(required=True)
@@ -54,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_inspection(sub) -> None:
+    """``checkpoints``, ``explore`` and ``report``."""
     c = sub.add_parser("checkpoints", help="list a workdir's checkpoints, or --inspect one")
     c.add_argument("workdir")
     c.add_argument("--inspect", type=int, metavar="STEP", help="show the saved config, data position, digest check")
@@ -69,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("workdir")
     r.add_argument("--out", default=None, help="output folder (default: WORKDIR/report)")
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser(
         "bench",
         help="throughput benchmarks into the ledger; `bench report`, `bench check`",
@@ -108,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--peers", action="store_true", help="also run the PyTorch/Keras peers (benchmarks/peers)")
     b.add_argument("--tta", action="store_true", help="check: also require every seed to reach --target")
 
+
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
     )
@@ -117,7 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     for q in (imp, info):
         q.add_argument("--dataset", required=True, choices=data.NAMES)
         q.add_argument("--data-dir", default=None, help="tfds data dir (default: TFDS_DATA_DIR or tfds' default)")
-    return p
 
 
 def _split_overrides(extra: Sequence[str]) -> list[str]:
