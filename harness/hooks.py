@@ -1,18 +1,21 @@
 """Side effects of the training loop, as hooks: metric files, TensorBoard, the progress bar, console lines.
 
-The loop calls ``on_train_start``, ``on_epoch_start``, ``on_steps_done`` (as completed steps come back from the
-device), ``on_row`` (a train or eval row), ``on_epoch_end`` and ``on_train_end``. Every method is optional.
+The loop calls them through :class:`Hooks`, a typed fan-out: ``on_train_start``, ``on_epoch_start``,
+``on_steps_done`` (as completed steps come back from the device), ``on_row`` (a :class:`~harness.records.MetricRow`,
+train or eval), ``on_epoch_end`` and ``on_train_end``. A hook subclasses :class:`Hook` and overrides what it needs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from harness.records import MetricRow
 
 
 class Hook:
@@ -24,11 +27,42 @@ class Hook:
 
     def on_steps_done(self, examples: int, train_loss: float) -> None: ...
 
-    def on_row(self, row: dict) -> None: ...
+    def on_row(self, row: MetricRow) -> None: ...
 
-    def on_epoch_end(self, epoch: int, row: dict) -> None: ...
+    def on_epoch_end(self, epoch: int, row: MetricRow) -> None: ...
 
     def on_train_end(self, summary: dict) -> None: ...
+
+
+class Hooks:
+    """The loop's side of its hooks: each event goes to every hook, in order."""
+
+    def __init__(self, hooks: Sequence[Hook] = ()):
+        self.hooks = list(hooks)
+
+    def train_start(self, run: dict) -> None:
+        for hook in self.hooks:
+            hook.on_train_start(run)
+
+    def epoch_start(self, epoch: int, num_examples: int, done: int) -> None:
+        for hook in self.hooks:
+            hook.on_epoch_start(epoch, num_examples, done)
+
+    def steps_done(self, examples: int, train_loss: float) -> None:
+        for hook in self.hooks:
+            hook.on_steps_done(examples, train_loss)
+
+    def row(self, row: MetricRow) -> None:
+        for hook in self.hooks:
+            hook.on_row(row)
+
+    def epoch_end(self, epoch: int, row: MetricRow) -> None:
+        for hook in self.hooks:
+            hook.on_epoch_end(epoch, row)
+
+    def train_end(self, summary: dict) -> None:
+        for hook in self.hooks:
+            hook.on_train_end(summary)
 
 
 class MetricsFile(Hook):
@@ -41,8 +75,8 @@ class MetricsFile(Hook):
     def on_train_start(self, run: dict) -> None:
         self._file = self.path.open("a", encoding="utf-8")
 
-    def on_row(self, row: dict) -> None:
-        self._file.write(json.dumps(row, sort_keys=True) + "\n")
+    def on_row(self, row: MetricRow) -> None:
+        self._file.write(json.dumps(row.to_dict(), sort_keys=True) + "\n")
         self._file.flush()
 
     def on_train_end(self, summary: dict) -> None:
@@ -65,12 +99,10 @@ class TensorBoard(Hook):
         purge = run.get("step") + 1 if run.get("step") else None
         self._writer = SummaryWriter(str(self.logdir), purge_step=purge)
 
-    def on_row(self, row: dict) -> None:
-        for key, value in row.items():
-            if key in ("step", "epoch") or not isinstance(value, int | float):
-                continue
+    def on_row(self, row: MetricRow) -> None:
+        for key, value in row.scalars().items():
             tag = key.replace("train_", "train/", 1).replace("test_", "test/", 1)
-            self._writer.add_scalar(tag, value, row["step"])
+            self._writer.add_scalar(tag, value, row.step)
 
     def on_train_end(self, summary: dict) -> None:
         if self._writer:
@@ -102,7 +134,7 @@ class ProgressBar(Hook):
         self._bar.update(examples)
         self._bar.set_postfix_str(f"loss {train_loss:.4f}", refresh=False)
 
-    def on_epoch_end(self, epoch: int, row: dict) -> None:
+    def on_epoch_end(self, epoch: int, row: MetricRow) -> None:
         self._bar.close()
 
     def on_train_end(self, summary: dict) -> None:
@@ -117,13 +149,13 @@ class Console(Hook):
         self.num_epochs = num_epochs
         self.print = print_fn
 
-    def on_epoch_end(self, epoch: int, row: dict) -> None:
+    def on_epoch_end(self, epoch: int, row: MetricRow) -> None:
         test = ""
-        if "test_loss" in row:
-            test = f"test_loss {row['test_loss']:.4f}  test_accuracy {row['test_accuracy']:.4f}  "
+        if row.kind == "eval":
+            test = f"test_loss {row.test_loss:.4f}  test_accuracy {row.test_accuracy:.4f}  "
         self.print(
-            f"epoch {epoch + 1}/{self.num_epochs}: train_loss {row['train_loss']:.4f}  {test}"
-            f"{_si(row['examples_per_sec'])} ex/s  {row['epoch_seconds']:.1f} s"
+            f"epoch {epoch + 1}/{self.num_epochs}: train_loss {row.train_loss:.4f}  {test}"
+            f"{_si(row.examples_per_sec)} ex/s  {row.epoch_seconds:.1f} s"
         )
 
     def on_train_end(self, summary: dict) -> None:

@@ -16,6 +16,7 @@ from harness import pictures
 from harness.data import datasets
 from harness.errors import DataError, WorkdirError
 from harness.evaluate import load_trained, probabilities
+from harness.records import row_from_dict, rows_of
 
 WORST = 24
 
@@ -38,7 +39,7 @@ def read_metrics(workdir: Path, warn: Callable[[str], Any] = _stderr) -> list[di
         except json.JSONDecodeError:
             row = None
         if isinstance(row, dict):
-            rows.append(row)
+            rows.append(row_from_dict(row))
         else:
             warn(f"warning: {path}, line {number}: not a JSON object, skipped")
     return rows
@@ -61,8 +62,8 @@ def _test_builder(config, workdir: Path):
 @pictures.drawing()
 def learning_curves(rows: list[dict]) -> plt.Figure:
     """Train and test loss, and test accuracy, against epochs."""
-    train = [r for r in rows if "test_accuracy" not in r and "train_loss" in r]
-    evals = [r for r in rows if "test_accuracy" in r]
+    train = [r for r in rows_of(rows, "train") if "train_loss" in r]
+    evals = rows_of(rows, "eval")
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         loss.plot(
@@ -163,8 +164,8 @@ def per_class_table(counts: np.ndarray, names: list[str]) -> str:
 
 
 def _summary_table(config: dict, rows: list[dict], meta: dict) -> str:
-    evals = [r for r in rows if "test_accuracy" in r]
-    speeds = [r["examples_per_sec"] for r in rows if "test_accuracy" not in r and "examples_per_sec" in r]
+    evals = rows_of(rows, "eval")
+    speeds = [r["examples_per_sec"] for r in rows_of(rows, "train") if "examples_per_sec" in r]
     facts = [
         ("step", meta["step"]),
         ("final test accuracy", f"{evals[-1]['test_accuracy']:.4f}" if evals else "n/a"),

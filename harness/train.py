@@ -21,6 +21,7 @@ from harness.data import batches, datasets
 from harness.errors import ConfigError, WorkdirError
 from harness.loop import Loop, Progress
 from harness.preemption import StopSignals
+from harness.records import CheckpointMeta, rows_of
 
 # Keys that change what a run computes: resuming with any of them changed is refused. The others (logging,
 # evaluation and checkpoint frequency, devices, parallel strategy, data dir, num_epochs with a constant schedule)
@@ -97,18 +98,19 @@ def _resume(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress | 
     found = ckpt.restore_latest(run.host_state)
     if found is None:
         return None
-    step, state, meta = found
-    changes = trajectory_changes(meta["config"], run.config)
+    step, state, saved = found
+    meta = CheckpointMeta.from_dict(saved)
+    changes = trajectory_changes(meta.config, run.config)
     if changes:
         raise WorkdirError(
             f"{workdir} holds a run with other settings: {', '.join(changes)}; resuming would change its "
             f"trajectory. Train into a new --workdir (add --config.init_from={workdir} to start from its parameters)"
         )
-    if meta["num_train"] != run.num_train or meta["steps_per_epoch"] != run.steps_per_epoch:
-        raise WorkdirError(f"{workdir}: its checkpoint was made on a training split of {meta['num_train']} examples")
+    if meta.num_train != run.num_train or meta.steps_per_epoch != run.steps_per_epoch:
+        raise WorkdirError(f"{workdir}: its checkpoint was made on a training split of {meta.num_train} examples")
     run.state = run.par.replicate(state)
-    fp, record = meta["fingerprint"], ckpt.record(step) or {}
-    where = describe_position(meta["epoch"], meta["step_in_epoch"], run.steps_per_epoch, run.config.num_epochs)
+    fp, record = meta.fingerprint, ckpt.record(step) or {}
+    where = describe_position(meta.epoch, meta.step_in_epoch, run.steps_per_epoch, run.config.num_epochs)
     number = f"{step:,}".replace(",", " ")
     print_fn(
         f"resumed from step {number} ({where}), saved on {fp['platform']}×{fp['device_count']} "
@@ -166,7 +168,10 @@ def train_and_evaluate(
             if hooks is None:
                 hooks = default_hooks(config, workdir, print_fn) if main else []
             with StopSignals(multi_process) as stop:
-                summary = Loop(run, list(hooks), ckpt, progress, print_fn, clock, stop.check, started)()
+                loop = Loop(
+                    run, ckpt, progress, hooks=hooks, print_fn=print_fn, clock=clock, stop=stop.check, started=started
+                )
+                summary = loop()
             _finish(summary, run.config, ckpt, workdir, print_fn)
             return summary
         finally:
@@ -193,8 +198,8 @@ def _already_trained(run: Run, progress: Progress, print_fn) -> dict:
         f"already trained: step {progress.step} ≥ {run.config.num_epochs} epoch(s) × {run.steps_per_epoch} steps; "
         "raise --config.num_epochs to go on"
     )
-    evals = [r for r in progress.history if "test_accuracy" in r]
-    return {**(evals[-1] if evals else {}), "step": progress.step, "train_seconds": progress.train_seconds}
+    last = {k: v for k, v in (rows_of(progress.history, "eval") or [{}])[-1].items() if k != "kind"}
+    return {**last, "step": progress.step, "train_seconds": progress.train_seconds}
 
 
 def _finish(summary: dict, config: ml_collections.ConfigDict, ckpt: Checkpoints, workdir: Path, print_fn) -> None:

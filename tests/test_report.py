@@ -101,6 +101,17 @@ def test_a_garbage_metrics_line_is_skipped_with_a_warning(tmp_path):
     assert warnings == [f"warning: {path}, line {n}: not a JSON object, skipped" for n in (2, 4, 5)]
 
 
+def test_rows_of_runs_before_kinds_get_their_kind_when_read(tmp_path):
+    rows = [
+        {"step": 2, "epoch": 0.5, "train_loss": 1.0, "train_accuracy": 0.5, "examples_per_sec": 9.0},
+        {"step": 4, "epoch": 1, "train_loss": 0.9, "examples_per_sec": 8.0, "epoch_seconds": 1.0},
+        {"step": 8, "epoch": 2, "train_loss": 0.8, "examples_per_sec": 8.0, "epoch_seconds": 1.0, "test_accuracy": 0.7},
+        {"kind": "train", "step": 10, "epoch": 2.5, "train_loss": 0.7, "examples_per_sec": 9.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["kind"] for r in report.read_metrics(tmp_path)] == ["train", "train", "eval", "train"]
+
+
 def test_report_command_skips_a_garbage_metrics_line(trained, tmp_path, capsys):
     run = _copy_run(trained, tmp_path)
     with open(run / "metrics.jsonl", "a") as f:

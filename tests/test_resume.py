@@ -15,11 +15,11 @@ import pytest
 from conftest import final_checkpoint
 from helpers import read_events
 
-from harness import cli, loop, train
+from harness import cli, loop, records, train
 from harness import hooks as hooks_lib
 from harness.checkpoint import Checkpoints
 from harness.errors import TrainingError, WorkdirError
-from harness.loop import TIMING_KEYS
+from harness.records import TIMING_KEYS
 
 
 class SignalAt(hooks_lib.Hook):
@@ -107,6 +107,26 @@ def test_resume_on_another_device_count_stays_on_the_trajectory(tiny_config, tmp
     (a, _), (b, _) = final_checkpoint(straight), final_checkpoint(tmp_path)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_resuming_a_checkpoint_whose_rows_have_no_kind_infers_it_once(tiny_config, tmp_path, straight, monkeypatch):
+    """Checkpoints and metrics.jsonl written before rows had a ``kind``: the resumed run gives every row its kind
+    (eval rows carry the test accuracy) and goes on exactly like a straight run."""
+    tiny_config.update(num_epochs=3, checkpoint_every_steps=3, log_every_steps=2)
+    as_before = records.MetricRow.to_dict
+    monkeypatch.setattr(
+        records.MetricRow, "to_dict", lambda row: {k: v for k, v in as_before(row).items() if k != "kind"}
+    )
+    hooks = [*train.default_hooks(tiny_config, tmp_path, _quiet), SignalAt(11 * 64)]
+    train.train_and_evaluate(tiny_config, tmp_path, hooks=hooks, print_fn=_quiet)
+    assert not any("kind" in r for r in final_checkpoint(tmp_path)[1]["history"])  # an old checkpoint
+    monkeypatch.undo()
+    train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
+    meta_a, meta_b = final_checkpoint(straight)[1], final_checkpoint(tmp_path)[1]
+    assert _history(meta_a) == _history(meta_b)  # kinds included
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == [r["kind"] for r in meta_a["history"]]
+    assert [r["epoch"] for r in rows if r["kind"] == "eval"] == [1, 2, 3]
 
 
 def test_trajectory_change_is_refused_with_the_keys(tiny_config, tmp_path):
@@ -218,9 +238,7 @@ def test_a_final_step_that_is_not_good_is_trained_again_and_saved(tiny_config, t
 
 def test_checkpoint_listing_and_resume_lines_name_finished_epochs(tiny_config, tmp_path, capsys):
     train.train_and_evaluate(tiny_config, tmp_path, print_fn=_quiet)
-    accuracy = {
-        r["epoch"]: r["test_accuracy"] for r in final_checkpoint(tmp_path)[1]["history"] if "test_accuracy" in r
-    }
+    accuracy = {r["epoch"]: r["test_accuracy"] for r in final_checkpoint(tmp_path)[1]["history"] if r["kind"] == "eval"}
     assert cli.main(["checkpoints", str(tmp_path)]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split()[1:6] for line in listing] == [

@@ -32,8 +32,9 @@ def test_end_to_end_on_imported_idx_data(tiny_config, tmp_path, parallel, model)
     assert final_checkpoint(tmp_path)[1]["plan"]["strategy"] == parallel  # the plan is in the checkpoint
     assert 0 < summary["time_to_first_step_seconds"] < 120  # set once, from the call to the first finished step
     rows = _rows(tmp_path)
-    evals = [r for r in rows if "test_accuracy" in r]
-    trains = [r for r in rows if "test_accuracy" not in r]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    trains = [r for r in rows if r["kind"] == "train"]
+    assert len(evals) + len(trains) == len(rows)
     assert [r["epoch"] for r in evals] == [1, 2, 3]
     assert all({"step", "epoch", "test_loss", "test_accuracy"} <= r.keys() for r in evals)
     assert trains and all({"step", "train_loss", "examples_per_sec"} <= r.keys() for r in trains)
@@ -92,7 +93,7 @@ def test_every_shipped_config_trains_one_epoch_with_num_epochs_alone(name, tiny_
     status = cli.main([*args, f"--config.data_dir={tiny_data_dir}", "--config.report=false"])
     out, err = capsys.readouterr()
     assert status == 0, err
-    evals = [r for r in _rows(workdir) if "test_accuracy" in r]
+    evals = [r for r in _rows(workdir) if r["kind"] == "eval"]
     assert [r["epoch"] for r in evals] == [1], out
 
 
