@@ -18,9 +18,9 @@ from harness.actions import Progress
 from harness.build import Run
 from harness.data import batches
 from harness.errors import TrainingError
-from harness.records import TIMING_KEYS, MetricRow, rows_of
+from harness.records import MetricRow, rows_of
 
-__all__ = ["MAX_IN_FLIGHT", "TIMING_KEYS", "Loop", "Progress", "evaluate"]
+__all__ = ["MAX_IN_FLIGHT", "Loop", "Progress", "evaluate"]
 
 MAX_IN_FLIGHT = 8  # steps queued on the device before the loop waits (XLA:CPU aborts with ~60+ collectives queued)
 
