@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from harness.config import ALLOWED
 from harness.data.idx import NUM_CLASSES
 
 IMAGE_PIXELS = 28 * 28
@@ -41,7 +42,7 @@ class MLP(nnx.Module):
         return self.out(x).astype(jnp.float32)
 
 
-CONV_IMPLS = ("xla", "slices")
+CONV_IMPLS = tuple(c for c in ALLOWED["conv"] if c != "auto")  # one source: the config's allowed values
 
 
 def conv_same_slices(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:

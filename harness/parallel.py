@@ -32,10 +32,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from harness import runtime, steps
+from harness.config import ALLOWED
 from harness.errors import ConfigError
 
 AXIS = "devices"
-STRATEGIES = ("pmap", "jit")
+STRATEGIES = ALLOWED["parallel"]  # one source: the config's allowed values
 # How each argument is laid out under jit: replicated, split along its first axis, or along its second.
 REPL, SPLIT, SPLIT_1 = P(), P(AXIS), P(None, AXIS)
 
