@@ -4,9 +4,10 @@ Layout of ``WORKDIR``:
 - ``checkpoints/<step>/``: Orbax ``CheckpointManager`` steps (``state``: host arrays, one copy, never pmap's
   replicas; ``meta``: JSON with the config, data position, metric history and fingerprint). Orbax writes a step
   into a temporary folder and renames it when committed, so a killed save never looks like a checkpoint.
-- ``checkpoint_digests/<step>.json``: written (atomically) only after the step committed: the sha256 of every file
-  of the step plus a summary for listings. A step counts as good only with a digest that still matches, so a
-  killed save, a flipped byte, a truncated or deleted file are all detected and skipped, never restored.
+- ``checkpoint_digests/<step>.json`` (:mod:`harness.digests`): written (atomically) only after the step committed:
+  the sha256 of every file of the step plus a summary for listings. A step counts as good only with a digest that
+  still matches, so a killed save, a flipped byte, a truncated or deleted file are all detected and skipped, never
+  restored.
 
 Orbax never deletes here (pitfall: with ``max_to_keep`` it deletes number-named folders that are not its own, and a
 kill mid-delete leaves a listed, unrestorable step). Retention is ours (``harness.retention``): only good steps count
@@ -25,15 +26,10 @@ save and restore; process 0 alone writes digests and deletes, and the others wai
 from __future__ import annotations
 
 import collections
-import contextlib
-import datetime
-import hashlib
-import json
 import logging
 import os
 import platform
 import re
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import harness
+from harness.digests import Digests
 from harness.errors import ForeignCheckpointError, TrainingError, WorkdirError
 from harness.retention import remove_step, steps_to_keep, sweep
 from harness.runtime import barrier, is_main_process
@@ -69,23 +66,6 @@ def fingerprint(num_devices: int | None = None) -> dict:
         "visible_devices": jax.device_count(),
         "process_count": jax.process_count(),
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename (never a half-written file); raises
-    WorkdirError naming ``path`` when it cannot (read-only workdir, full disk)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as e:
-        raise WorkdirError(f"cannot write {path} ({e.strerror or e})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def describe_position(epoch: int, step_in_epoch: int, steps_per_epoch: int = 0, num_epochs: int = 0) -> str:
@@ -144,17 +124,6 @@ class _OrbaxLog(logging.Filter):
         return True
 
 
-def _file_digests(step_dir: Path) -> dict[str, str]:
-    digests = {}
-    for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digests[str(path.relative_to(step_dir))] = h.hexdigest()
-    return digests
-
-
 def _leaf_specs(tree: Any) -> list[str]:
     """``dtype[shape]`` of every leaf: stored with a checkpoint, because Orbax silently casts dtypes and can
     return the stored shape for a target of another shape."""
@@ -183,7 +152,7 @@ class Checkpoints:
             raise WorkdirError(f"{workdir}: no checkpoints (train into this workdir first)")
         self.keep, self.keep_best, self.warn = keep, keep_best, warn
         self._pending: tuple[int, dict] | None = None
-        self._problems: dict[int, str | None] = {}  # verification results of this process, by step
+        self.digests = Digests(self.directory, self.digest_dir)
         self.log = _OrbaxLog(workdir / ERROR_LOG)
         self.last_saved: int | None = None
         try:
@@ -201,45 +170,17 @@ class Checkpoints:
 
     # ---- listing -------------------------------------------------------------------------------------------
 
-    def _digest_path(self, step: int) -> Path:
-        return self.digest_dir / f"{step}.json"
-
     def record(self, step: int) -> dict | None:
         """The digest record of ``step``, or None when it has none (not committed, or not ours)."""
-        try:
-            return json.loads(self._digest_path(step).read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return self.digests.record(step)
 
     def good_steps(self) -> list[int]:
         """Steps that committed and have a digest record (not yet verified against their files)."""
-        steps = []
-        for path in self.digest_dir.glob("*.json") if self.digest_dir.is_dir() else ():
-            if path.stem.isdigit() and (self.directory / path.stem).is_dir() and self.record(int(path.stem)):
-                steps.append(int(path.stem))
-        return sorted(steps)
+        return self.digests.steps()
 
     def verify(self, step: int) -> str | None:
         """None when every file of ``step`` matches its digest, else what is wrong (one phrase). Reads every file."""
-        self._problems[step] = problem = self._check(step)
-        return problem
-
-    def _check(self, step: int) -> str | None:
-        record = self.record(step)
-        if record is None:
-            return "no digest (the save never completed)"
-        actual = _file_digests(self.directory / str(step))
-        for name, digest in record["files"].items():
-            if name not in actual:
-                return f"file {name} is missing"
-            if actual[name] != digest:
-                return f"file {name} does not match its digest (corrupted)"
-        extra = sorted(set(actual) - set(record["files"]))
-        return f"unexpected file {extra[0]}" if extra else None
-
-    def _problem(self, step: int) -> str | None:
-        """``verify`` once per process: retention trusts what this process verified or wrote itself."""
-        return self._problems[step] if step in self._problems else self.verify(step)
+        return self.digests.verify(step)
 
     # ---- saving --------------------------------------------------------------------------------------------
 
@@ -307,22 +248,15 @@ class Checkpoints:
         if not step_dir.is_dir():
             raise WorkdirError(f"checkpoint step {step} did not commit in {self.directory}")
         if is_main_process():
-            self._record(step, step_dir, summary)
+            self._record(step, summary)
         barrier(f"harness-checkpoint-{step}-recorded")
         if not is_main_process():
             self.manager.reload()  # process 0 may have deleted steps
         self.last_saved = step
 
-    def _record(self, step: int, step_dir: Path, summary: dict) -> None:
+    def _record(self, step: int, summary: dict) -> None:
         """Writes the digest record of the committed ``step``, then applies retention."""
-        record = {
-            "step": step,
-            "files": _file_digests(step_dir),
-            "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            **summary,
-        }
-        write_atomic(self._digest_path(step), json.dumps(record, indent=1, sort_keys=True) + "\n")
-        self._problems[step] = None  # its digests were just computed from its files
+        self.digests.write(step, summary)
         self._retain()
 
     def _retain(self) -> None:
@@ -331,7 +265,7 @@ class Checkpoints:
         keep = steps_to_keep(self._good_records(steps), self.keep, self.keep_best)
         for step in steps:
             if step not in keep:
-                self._remove(step, self._problems.get(step))
+                self._remove(step, self.digests.known_problem(step))
 
     def _good_records(self, steps: list[int]) -> dict[int, dict]:
         """Digest records of the good steps retention needs: the newest ``keep`` and the ``keep_best`` most accurate
@@ -344,7 +278,7 @@ class Checkpoints:
             for s in order:
                 if found >= wanted:
                     return
-                if s in good or self._problem(s) is None:
+                if s in good or self.digests.problem(s) is None:
                     good[s], found = records[s], found + 1
 
         take(reversed(steps), self.keep)
@@ -356,10 +290,10 @@ class Checkpoints:
         """Takes ``step`` out of the listing (``harness.retention.remove_step``); warns unless it was a good step
         of harness's that retention dropped."""
         try:
-            aside = remove_step(self.directory / str(step), self._digest_path(step), self.record(step))
+            aside = remove_step(self.directory / str(step), self.digests.path(step), self.record(step))
         except OSError as e:
             raise WorkdirError(f"cannot remove checkpoint step {step} from {self.directory}: {_os_reason(e)}") from None
-        self._problems.pop(step, None)
+        self.digests.forget(step)
         if problem or aside is not None:
             done = f"moved it to {aside} (not a folder harness wrote: never deleted)" if aside else "deleted it"
             what = f" is not restorable ({problem})" if problem else ""

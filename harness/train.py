@@ -16,8 +16,9 @@ from harness import plan as plan_lib
 from harness import runtime, steps
 from harness import workdir as workdir_lib
 from harness.build import Run, build, place_data, restore_latest
-from harness.checkpoint import Checkpoints, describe_position, write_atomic
+from harness.checkpoint import Checkpoints, describe_position
 from harness.data import batches, datasets
+from harness.digests import write_atomic
 from harness.errors import ConfigError, WorkdirError
 from harness.loop import Loop, Progress
 from harness.preemption import StopSignals

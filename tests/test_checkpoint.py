@@ -9,8 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from harness import checkpoint
-from harness.checkpoint import Checkpoints, describe_position, write_atomic
+from harness import checkpoint, digests
+from harness.checkpoint import Checkpoints, describe_position
+from harness.digests import write_atomic
 from harness.errors import ForeignCheckpointError, TrainingError, WorkdirError
 from harness.retention import BAD_PREFIX, TRASH_PREFIX
 
@@ -158,8 +159,8 @@ def test_retention_counts_only_good_steps(tmp_path):
 def test_retention_verifies_only_the_steps_it_keeps_once_per_process(tmp_path, monkeypatch):
     _saved(tmp_path, accuracies=(0.1, 0.2, 0.9, 0.4, 0.5), keep=10).close()
     reads = []
-    original = checkpoint._file_digests
-    monkeypatch.setattr(checkpoint, "_file_digests", lambda d: reads.append(int(d.name)) or original(d))
+    original = digests.file_digests
+    monkeypatch.setattr(digests, "file_digests", lambda d: reads.append(int(d.name)) or original(d))
     ckpt = Checkpoints(tmp_path, keep=2, keep_best=1, warn=warnings.append)
     assert ckpt.save(6, _state(6), _meta(6, 0.3))
     ckpt.finalize()
