@@ -91,21 +91,6 @@ def mock_tfds(monkeypatch):
     return tfds.testing.mock_data
 
 
-def final_checkpoint(workdir):
-    """(host state, metadata) of the latest good checkpoint in ``workdir``, restored like a resume would."""
-    from harness import runtime
-    from harness.build import build, saved_config
-    from harness.checkpoint import Checkpoints
-
-    ckpt = Checkpoints(workdir, create=False)
-    step = ckpt.good_steps()[-1]
-    meta = ckpt.read_meta(step)
-    run = build(saved_config(meta["config"]), runtime.select_devices(1), steps_per_epoch=meta["steps_per_epoch"])
-    state, meta = ckpt.restore(run.host_state, step)
-    ckpt.close()
-    return state, meta
-
-
 # ---- installing harness like a user: a wheel into a fresh venv (helpers.fresh_venv) --------------------------
 
 SOURCES = ("pyproject.toml", "README.md", "harness", "configs", "benchmarks/peers")

@@ -149,3 +149,18 @@ def fresh_venv(directory: Path) -> Path:
 def pip_env(environ: dict | None = None) -> dict:
     """The environment under which a fresh venv's pip installs the wheel alone, offline, ignoring the test venv."""
     return {**(environ or os.environ), "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1", "PIP_IGNORE_INSTALLED": "1"}
+
+
+def final_checkpoint(workdir):
+    """(host state, metadata) of the latest good checkpoint in ``workdir``, restored like a resume would."""
+    from harness import runtime
+    from harness.build import build, saved_config
+    from harness.checkpoint import Checkpoints
+
+    ckpt = Checkpoints(workdir, create=False)
+    step = ckpt.good_steps()[-1]
+    meta = ckpt.read_meta(step)
+    run = build(saved_config(meta["config"]), runtime.select_devices(1), steps_per_epoch=meta["steps_per_epoch"])
+    state, meta = ckpt.restore(run.host_state, step)
+    ckpt.close()
+    return state, meta

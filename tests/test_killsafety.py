@@ -16,8 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import final_checkpoint
-from helpers import prepared_mnist
+from helpers import final_checkpoint, prepared_mnist
 
 from harness.checkpoint import Checkpoints
 

@@ -12,8 +12,7 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from conftest import final_checkpoint
-from helpers import read_events
+from helpers import final_checkpoint, read_events
 
 from harness import cli, loop, records, train
 from harness import hooks as hooks_lib

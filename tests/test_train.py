@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import final_checkpoint
+from helpers import final_checkpoint
 
 from harness import cli, train
 from harness import config as config_lib
