@@ -58,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 128
     c.eval_every_epochs = 1
     c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
+    # An epoch's end saves only when the last save is this many seconds old (0 = every epoch): a run of 0.2 s
+    # epochs saves every few seconds, not 5 times a second. The last epoch, a stop, checkpoint_every_steps and
+    # multi-process runs always save.
+    c.checkpoint_min_seconds = 10.0
     c.keep_checkpoints = 2  # the latest N good checkpoints …
     c.keep_best = 1  # … plus the best N by test accuracy
     c.init_from = ""  # a workdir whose latest parameters start a new run (fine-tuning)
@@ -216,6 +220,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _positive(config, "keep_checkpoints")
     if not 0 <= config.stop_at_accuracy <= 1:
         raise ConfigError(f"config.stop_at_accuracy={config.stop_at_accuracy}: must be in [0, 1] (0 = off)")
-    for key in ("momentum", "weight_decay"):
+    for key in ("momentum", "weight_decay", "checkpoint_min_seconds"):
         if not (math.isfinite(config[key]) and config[key] >= 0):
             raise ConfigError(f"config.{key}={config[key]}: must be a finite number >= 0")

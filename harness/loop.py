@@ -62,7 +62,9 @@ class Loop:
         self.print, self.clock, self.stop = print_fn, clock, stop
         self.rows = actions.TrainRows(cfg.log_every_steps, run.steps_per_epoch, clock)
         self.evaluate = actions.Evaluate(run, cfg.eval_every_epochs, evaluate)
-        self.checkpoint = actions.Checkpoint(run, ckpt, progress, cfg.checkpoint_every_steps)
+        self.checkpoint = actions.Checkpoint(
+            run, ckpt, progress, cfg.checkpoint_every_steps, cfg.checkpoint_min_seconds, clock
+        )
         self.target = actions.StopAtAccuracy(cfg.stop_at_accuracy)
         self.started = clock() if started is None else started  # for the time to the first finished step
         self.first_step_seconds: float | None = None
@@ -148,7 +150,8 @@ class Loop:
         return state, False
 
     def end_epoch(self, state: Any, epoch: int) -> tuple[MetricRow, dict]:
-        """The epoch's row (evaluated when due), written and saved with the state; returns it and the test sums."""
+        """The epoch's row (evaluated when due), written, and the state saved when due (always when the run ends
+        here: the last epoch, the target accuracy reached, or a stop asked); returns the row and the test sums."""
         seconds = self.clock() - self.epoch_started
         self.p.train_seconds += seconds
         sums, test = self.p.sums.take_epoch(), self.evaluate(state, epoch + 1)
@@ -163,7 +166,8 @@ class Loop:
             test_accuracy=test.get("test_accuracy"),
         )
         self.row(row)
-        self.checkpoint.save(state, row.test_accuracy)
+        ends = epoch + 1 == self.run.config.num_epochs or self.target.reached(row) or bool(self.stop(self.p.step))
+        self.checkpoint.epoch_end(state, row.test_accuracy, ends)
         self.hooks.epoch_end(epoch, row)
         return row, test
 
@@ -187,6 +191,7 @@ class Loop:
         state, extra = run.state, {}
         self._compile(state)
         self.rows.restart()
+        self.checkpoint.last_save_at = self.clock()  # the first epoch-end save is timed from the first step
         for epoch in range(self.p.step // self.spe, cfg.num_epochs):
             state, stopped = self.epoch(state, epoch)
             if stopped:

@@ -47,6 +47,8 @@ def test_locked_config_refuses_misspelled_key():
         ("parallel=pjit", "allowed: pmap, jit"),
         ("dtype=float16", "allowed: float32, bfloat16"),
         ("optimizer=lamb", "allowed: sgd, adam, adamw"),
+        ("checkpoint_min_seconds=-1", "config.checkpoint_min_seconds=-1.0: must be a finite number >= 0"),
+        ("checkpoint_min_seconds=inf", "config.checkpoint_min_seconds=inf"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(override, match):

@@ -92,10 +92,14 @@ class Recorder(hooks_lib.Hook):
         self.epochs.append(epoch)
 
 
-def _loop(clock, ckpt, *, stop=lambda step: None, hooks=(), accuracy=0.5, steps_per_dispatch=1, **overrides):
+def _loop(
+    clock, ckpt, *, stop=lambda step: None, hooks=(), accuracy=0.5, steps_per_dispatch=1, processes=1, **overrides
+):
     config = config_lib.base_config()
-    config.update(batch_size=BATCH, num_epochs=3, **overrides)
-    plan = types.SimpleNamespace(steps_per_dispatch=steps_per_dispatch, to_dict=lambda: {"strategy": "fake"})
+    config.update({"batch_size": BATCH, "num_epochs": 3, **overrides})
+    plan = types.SimpleNamespace(
+        steps_per_dispatch=steps_per_dispatch, processes=processes, to_dict=lambda: {"strategy": "fake"}
+    )
     par = FakeParallel(clock, accuracy)
     run = Run(config, plan, par, State(), State(), STEPS_PER_EPOCH, {}, {}, BATCH * STEPS_PER_EPOCH, 4 * BATCH)
     return Loop(run, ckpt, Progress(), hooks=hooks, print_fn=lambda _: None, clock=clock, stop=stop)
@@ -103,7 +107,15 @@ def _loop(clock, ckpt, *, stop=lambda step: None, hooks=(), accuracy=0.5, steps_
 
 def test_cadences_fire_at_their_steps_and_epochs_and_rows_are_timed_by_the_clock():
     clock, ckpt, recorder = FakeClock(), FakeCheckpoints(), Recorder()
-    loop = _loop(clock, ckpt, hooks=[recorder], log_every_steps=3, checkpoint_every_steps=5, eval_every_epochs=2)
+    loop = _loop(
+        clock,
+        ckpt,
+        hooks=[recorder],
+        log_every_steps=3,
+        checkpoint_every_steps=5,
+        eval_every_epochs=2,
+        checkpoint_min_seconds=0.0,
+    )
     summary = loop()
     rows = [r.to_dict() for r in recorder.rows]
     assert rows == loop.p.history
@@ -131,7 +143,7 @@ def test_a_stop_is_asked_at_every_step_and_saves_and_returns(steps_per_dispatch,
         asked.append(step)
         return "SIGTERM" if step >= 10 else None
 
-    summary = _loop(clock, ckpt, stop=stop, steps_per_dispatch=steps_per_dispatch)()
+    summary = _loop(clock, ckpt, stop=stop, steps_per_dispatch=steps_per_dispatch, checkpoint_min_seconds=0.0)()
     assert summary == {"step": saved_at, "stopped": "SIGTERM", "train_seconds": 8 * STEP_SECONDS}
     assert set(asked) == set(range(1, saved_at + 1))  # every step asked, those of the last dispatch too
     assert [m["step"] for m in ckpt.saved] == [8, saved_at] and ckpt.finalized == 1
@@ -150,3 +162,25 @@ def test_the_first_step_is_timed_from_the_start_by_the_clock():
     loop = _loop(clock, ckpt)
     clock.now += 7.0  # data and compilation
     assert loop()["time_to_first_step_seconds"] == 7.0
+
+
+def test_epoch_ends_save_when_the_last_save_is_old_enough_and_always_when_the_run_ends_there():
+    clock, ckpt = FakeClock(), FakeCheckpoints()  # an epoch is 8 steps = 2 s of the clock
+    _loop(clock, ckpt, num_epochs=6, checkpoint_min_seconds=5.0)()
+    assert [m["step"] for m in ckpt.saved] == [24, 48]  # 6 s after the start, then the last epoch
+
+    clock, ckpt = FakeClock(), FakeCheckpoints()  # a stop asked at an epoch's end saves there
+    summary = _loop(
+        clock, ckpt, num_epochs=6, checkpoint_min_seconds=5.0, stop=lambda s: "SIGTERM" if s >= 16 else None
+    )()
+    assert summary["stopped"] == "SIGTERM" and [m["step"] for m in ckpt.saved] == [16]
+
+    clock, ckpt = FakeClock(), FakeCheckpoints()  # periodic saves count as saves
+    _loop(clock, ckpt, num_epochs=4, checkpoint_min_seconds=3.0, checkpoint_every_steps=12)()
+    assert [m["step"] for m in ckpt.saved] == [12, 24, 32]  # 8: too early; 16: 1 s after 12; 24: due; 32: last
+
+
+def test_several_processes_save_at_every_epoch_end_whatever_the_minimum():
+    clock, ckpt = FakeClock(), FakeCheckpoints()
+    _loop(clock, ckpt, processes=2, checkpoint_min_seconds=100.0)()
+    assert [m["step"] for m in ckpt.saved] == [8, 16, 24]
