@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # a workdir whose latest parameters start a new run (fine-tuning)
     c.report = True  # write WORKDIR/report (pictures + index.html) when training ends
     c.stop_at_accuracy = 0.0  # > 0: stop after the first evaluation that reaches this test accuracy
+    c.profile_steps = ""  # "A:B": a jax.profiler trace of train steps A to B in WORKDIR/profile (harness.profiling)
     return c
 
 
@@ -223,3 +224,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for key in ("momentum", "weight_decay", "checkpoint_min_seconds"):
         if not (math.isfinite(config[key]) and config[key] >= 0):
             raise ConfigError(f"config.{key}={config[key]}: must be a finite number >= 0")
+    _profile(config)
+
+
+def _profile(config: ml_collections.ConfigDict) -> None:
+    from harness.profiling import parse_steps  # imports jax: keep config loading light
+
+    parse_steps(config.profile_steps)

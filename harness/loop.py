@@ -7,12 +7,13 @@ import collections
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from harness import actions, parallel
+from harness import actions, parallel, profiling
 from harness import hooks as hooks_lib
 from harness.actions import Progress
 from harness.build import Run
@@ -56,6 +57,7 @@ class Loop:
         clock: Callable[[], float] = time.perf_counter,
         stop: Callable[[int], str | None] = lambda step: None,
         started: float | None = None,
+        profile_dir: Path | None = None,
     ):
         cfg = run.config
         self.run, self.ckpt, self.p, self.hooks = run, ckpt, progress, hooks_lib.Hooks(hooks)
@@ -66,6 +68,7 @@ class Loop:
             run, ckpt, progress, cfg.checkpoint_every_steps, cfg.checkpoint_min_seconds, clock
         )
         self.target = actions.StopAtAccuracy(cfg.stop_at_accuracy)
+        self.profile = profiling.Profile(profiling.parse_steps(cfg.profile_steps), profile_dir, print_fn)
         self.started = clock() if started is None else started  # for the time to the first finished step
         self.first_step_seconds: float | None = None
         self.epoch_started, self.epoch_examples = 0.0, 0.0
@@ -135,8 +138,10 @@ class Loop:
         s = first
         while s < self.spe:
             k = self._steps_here(s)
+            self.profile.before(self.p.step + 1, k)
             state, device_sums = self._dispatch(state, epoch, s, k)
             s, self.p.step = s + k, self.p.step + k
+            self.profile.after(self.p.step, device_sums)
             self.ckpt.poll()
             pending.append((self.p.step, device_sums))
             self._drain(pending, at_most=MAX_IN_FLIGHT)
@@ -186,6 +191,12 @@ class Loop:
 
     def __call__(self) -> dict:
         """Trains to the end (or a stop, or the target accuracy); returns the summary."""
+        try:
+            return self._train()
+        finally:
+            self.profile.close()  # a trace still running when the run ends or fails is stopped and summarised
+
+    def _train(self) -> dict:
         run, cfg = self.run, self.run.config
         self.hooks.train_start({"config": cfg, "devices": run.par.num_devices, "step": self.p.step})
         state, extra = run.state, {}

@@ -170,7 +170,15 @@ def train_and_evaluate(
                 hooks = default_hooks(config, workdir, print_fn) if main else []
             with StopSignals(multi_process) as stop:
                 loop = Loop(
-                    run, ckpt, progress, hooks=hooks, print_fn=print_fn, clock=clock, stop=stop.check, started=started
+                    run,
+                    ckpt,
+                    progress,
+                    hooks=hooks,
+                    print_fn=print_fn,
+                    clock=clock,
+                    stop=stop.check,
+                    started=started,
+                    profile_dir=Path(workdir) / "profile",
                 )
                 summary = loop()
             _finish(summary, run.config, ckpt, workdir, print_fn)
