@@ -69,7 +69,7 @@ def _add_inspection(sub) -> None:
     c.add_argument("--inspect", type=int, metavar="STEP", help="show the saved config, data position, digest check")
 
     x = sub.add_parser("explore", help="pictures of a dataset: samples, pixel matrix, 784-vector, classes, table")
-    x.add_argument("--dataset", required=True, choices=data.NAMES)
+    x.add_argument("--dataset", required=True, help=f"{', '.join(data.NAMES)} or one you imported")
     x.add_argument("--split", default="train", choices=("train", "test"))
     x.add_argument("--class", dest="klass", type=int, default=0, metavar="K", help="class to show many of")
     x.add_argument("--out", default=None, help="output folder (default: explore/DATASET-SPLIT)")
@@ -125,11 +125,15 @@ def _add_data(sub) -> None:
     d = sub.add_parser("data", help="import or describe datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
     )
-    imp = d.add_parser("import", help="prepare a dataset from the four standard IDX files in DIR")
+    imp = d.add_parser("import", help="prepare a shipped dataset, or your own as --as NAME, from IDX files in DIR")
     imp.add_argument("dir", type=Path)
-    info = d.add_parser("info", help="splits, shapes, class names and where the data lives")
+    which = imp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dataset", choices=data.NAMES, help="the shipped dataset whose four IDX files DIR holds")
+    which.add_argument("--as", dest="as_name", metavar="NAME", help="your own dataset's name (lowercase, digits, _)")
+    imp.add_argument("--classes", metavar="A,B,…", help="with --as: the class names, label 0's first")
+    info = d.add_parser("info", help="every dataset (shipped, imported) with split sizes and classes; or --dataset")
+    info.add_argument("--dataset", help="one dataset in detail: splits, shapes, class names, where it lives")
     for q in (imp, info):
-        q.add_argument("--dataset", required=True, choices=data.NAMES)
         q.add_argument("--data-dir", default=None, help="tfds data dir (default: TFDS_DATA_DIR or tfds' default)")
 
 
@@ -249,7 +253,7 @@ def _explore(args) -> int:
 
     builder, _source = datasets.ensure_prepared(args.dataset, args.data_dir)
     split = datasets.load_split(builder, args.split)
-    names = datasets.class_names(args.dataset)
+    names = datasets.class_names(args.dataset, args.data_dir)
     out = Path(args.out or Path("explore") / f"{args.dataset}-{args.split}")
     page = explore(split, names, args.dataset, args.split, out, args.klass)
     print(summary(split, names, args.dataset, args.split))
@@ -272,25 +276,14 @@ def _bench(args, extra) -> int:
 
 
 def _data(args) -> int:
-    import numpy as np
-
-    from harness.data import datasets
+    from harness.data import describe
 
     if args.data_command == "import":
-        b = datasets.prepare_from_dir(args.dataset, args.dir, args.data_dir)
-        print(f"imported {args.dataset} from {args.dir.resolve()} into {b.data_dir}")
-        return 0
-    b = datasets.builder(args.dataset, args.data_dir)
-    print(f"dataset: {args.dataset} (tfds builder {type(b).__module__}.{type(b).__name__}, version {b.version})")
-    print(f"data dir: {b.data_dir} ({'prepared' if b.is_prepared() else 'not prepared'})")
-    if b.is_prepared():
-        for name, split in sorted(b.info.splits.items()):
-            print(f"split {name}: {split.num_examples} examples")
-    features = b.info.features
-    print(f"image: shape {features['image'].shape}, dtype {np.dtype(features['image'].np_dtype).name}")
-    print(f"classes ({features['label'].num_classes}): {', '.join(features['label'].names)}")
-    if not b.is_prepared():
-        print(f"to prepare: {datasets.no_data_message(args.dataset).split('; ', 1)[1]}")
+        print(describe.import_dir(args.dir, args.dataset, args.as_name, args.classes, args.data_dir))
+    elif args.dataset is None:
+        print("\n".join(describe.listing(args.data_dir)))
+    else:
+        print("\n".join(describe.describe(args.dataset, args.data_dir)))
     return 0
 
 

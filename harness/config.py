@@ -15,13 +15,13 @@ from pathlib import Path
 
 import ml_collections
 
-from harness import data, paths, settings
-from harness.errors import ConfigError
+from harness import paths, settings
+from harness.data import catalog
+from harness.errors import ConfigError, DataError
 
 CONFIGS_DIR = paths.shipped("configs")  # configs/ of the checkout, packaged in every wheel
 
-ALLOWED = {
-    "dataset": data.NAMES,
+ALLOWED = {  # config.dataset is checked by _dataset: the shipped names and those imported into config.data_dir
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": ("constant", "warmup_cosine"),
     "parallel": ("pmap", "jit"),
@@ -177,6 +177,17 @@ def _steps_per_dispatch(config: ml_collections.ConfigDict) -> None:
             )
 
 
+def _dataset(config: ml_collections.ConfigDict) -> None:
+    """``config.dataset``: a shipped dataset, or one imported into ``config.data_dir`` (tfds' default when empty)."""
+    name, data_dir = config.dataset, config.data_dir or None
+    try:
+        known = isinstance(name, str) and catalog.read(name, data_dir) is not None
+    except DataError as e:  # its description does not read: say which file
+        raise ConfigError(f"config.dataset={name!r}: {e}") from None
+    if name not in catalog.NAMES and not known:
+        raise ConfigError(f"config.dataset={name!r}: allowed: {catalog.allowed_text(data_dir)}")
+
+
 SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what numpy's generators and jax.random.key both take
 
 
@@ -190,6 +201,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Checks every key against what is allowed; ``num_devices`` is the device count the run will use."""
     from harness.models import MODELS  # models import flax: keep config loading light
 
+    _dataset(config)
     for key, allowed in ALLOWED.items():
         if config[key] not in allowed:
             raise ConfigError(f"config.{key}={config[key]!r}: allowed: {', '.join(allowed)}")

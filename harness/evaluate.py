@@ -64,7 +64,7 @@ def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise DataError(f"--index {bad[0]}: outside the test split (0..{len(test) - 1})")
-    names = datasets.class_names(config.dataset)
+    names = datasets.class_names(config.dataset, config.get("data_dir") or None)
     probs = probabilities(run, test.images[indices])
     rows = []
     for i, p in zip(indices, probs, strict=True):
@@ -83,7 +83,7 @@ def predict_images(workdir: str | Path, paths: list[str | Path], invert: str = "
     config, run, _ = load_trained(workdir)
     box = image_files.BOX.get(config.dataset, 20)
     batch = np.stack([image_files.to_dataset_format(g, invert, box) for g in grays])
-    names = datasets.class_names(config.dataset)
+    names = datasets.class_names(config.dataset, config.get("data_dir") or None)
     rows = []
     for path, gray, p in zip(paths, grays, probabilities(run, batch), strict=True):
         top = top3(p, names)

@@ -143,7 +143,7 @@ def main_rc(capsys):
         (["predict", "--workdir", "w", "--index", "0", "--invert", "yes"], "--invert applies to --image"),
         (["predict", "--workdir", "w", "--image", "a.png", "--invert", "maybe"], "invalid choice: 'maybe'"),
         (["predict", "--workdir", "w", "--image", "missing.png"], "missing.png: no such file"),
-        (["data", "info", "--dataset", "cifar10"], "invalid choice"),
+        (["data", "info", "--dataset", "cifar10"], "unknown dataset 'cifar10'; allowed: mnist, fashion_mnist, kmnist"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -268,3 +268,93 @@ def test_cpu_devices_knob(tmp_path):
     assert row["fingerprint"]["device_count"] == 3 and "device_count=3" in row["fingerprint"]["xla_flags"]
     p = run_cli(*args, env={"HARNESS_CPU_DEVICES": "many"})
     assert_one_line_error((p.returncode, p.stderr))
+
+
+LETTERS = "a,b,c,d,e,f,g,h,i,j"
+
+
+@pytest.mark.parametrize("how", [["--dataset", "kmnist"], ["--as", "letters", "--classes", LETTERS]])
+def test_import_train_predict_explore_info_of_kmnist_and_a_named_dataset(
+    how, tiny_idx_dir, tmp_path, capsys, monkeypatch
+):
+    from harness import explore
+    from harness.data import datasets
+
+    name, data_dir, workdir = how[1], tmp_path / "tfds", tmp_path / "run"
+    assert cli.main(["data", "import", str(tiny_idx_dir), *how, "--data-dir", str(data_dir)]) == 0
+    assert f"imported {name} from {tiny_idx_dir}" in capsys.readouterr().out
+    classes = datasets.class_names(name, str(data_dir))
+    kmnist = ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+    assert classes == (LETTERS.split(",") if name == "letters" else kmnist)
+    overrides = [f"--config.dataset={name}", f"--config.data_dir={data_dir}", "--config.batch_size=64"]
+    overrides += ["--config.num_devices=1", "--config.steps_per_dispatch=1", "--config.report=no"]  # compiles fast
+    assert cli.main(["train", "--config", "smoke", "--workdir", str(workdir), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"training mlp_tiny on {name} (prepared tfds data in {data_dir / name}" in out and "final test_accuracy" in out
+    )
+    assert cli.main(["predict", "--workdir", str(workdir), "--index", "0", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["true"] in classes and {c for c, _ in r["top3"]} <= set(classes) for r in rows)
+    seen = {}  # the pictures are test_explore's: here, what explore is given (drawing them takes seconds)
+    monkeypatch.setattr(explore, "explore", lambda split, names, *a: seen.update(n=len(split), names=names) or tmp_path)
+    assert cli.main(["explore", "--dataset", name, "--data-dir", str(data_dir), "--out", str(tmp_path / "x")]) == 0
+    assert f"{name} train: 512 examples" in capsys.readouterr().out and seen == {"n": 512, "names": classes}
+    assert cli.main(["data", "info", "--data-dir", str(data_dir)]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{name} ")]
+    kind = "imported" if name == "letters" else "shipped"
+    assert line.split()[:6] == [name, kind, "train", "512,", "test", "100"] and line.endswith(", ".join(classes))
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--as", "Letters", "--classes", LETTERS], "--as 'Letters': a dataset name is a lowercase letter"),
+        (["--as", "my-set", "--classes", LETTERS], "--as 'my-set': a dataset name is"),
+        (["--as", "fashion_mnist", "--classes", LETTERS], "--as fashion_mnist: a shipped dataset's name"),
+        (["--as", "letters", "--classes", "a,b,c"], "--classes names 3 classes, but the labels in"),
+        (["--as", "letters", "--classes", "a,b,c,d,e,f,g,h,i,a"], "'a' named more than once"),
+        (["--as", "letters"], "--as letters needs --classes"),
+        (["--dataset", "kmnist", "--classes", LETTERS], "--classes goes with --as NAME"),
+        (["--dataset", "kmnist", "--as", "letters"], "not allowed with argument"),
+        (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+    ],
+)
+def test_bad_imports_are_one_line_and_write_nothing(main_rc, tiny_idx_dir, tmp_path, argv, fragment):
+    line = assert_one_line_error(main_rc("data", "import", str(tiny_idx_dir), *argv, "--data-dir", str(tmp_path / "d")))
+    assert fragment in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_unknown_and_clashing_names_are_one_line(main_rc, tiny_idx_dir, tmp_path):
+    data_dir = str(tmp_path / "d")
+    missing = tmp_path / "empty"
+    missing.mkdir()
+    line = assert_one_line_error(
+        main_rc("data", "import", str(missing), "--as", "x", "--classes", LETTERS, "--data-dir", data_dir)
+    )
+    assert "missing train-images-idx3-ubyte, train-labels-idx1-ubyte" in line
+    assert (
+        main_rc("data", "import", str(tiny_idx_dir), "--as", "letters", "--classes", LETTERS, "--data-dir", data_dir)[0]
+        == 0
+    )
+    line = assert_one_line_error(
+        main_rc("data", "import", str(tiny_idx_dir), "--as", "letters", "--classes", LETTERS, "--data-dir", data_dir)
+    )
+    assert "letters is already imported into" in line
+    allowed = f"allowed: mnist, fashion_mnist, kmnist (shipped); letters (imported into {data_dir})"
+    for argv in (
+        ["explore", "--dataset", "leters", "--data-dir", data_dir],
+        ["data", "info", "--dataset", "leters", "--data-dir", data_dir],
+        [
+            "train",
+            "--config",
+            "smoke",
+            "--config.dataset=leters",
+            f"--config.data_dir={data_dir}",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    ):
+        assert allowed in assert_one_line_error(main_rc(*argv))
+    assert not (tmp_path / "w").exists()

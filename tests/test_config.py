@@ -143,3 +143,28 @@ def test_boolean_overrides_take_the_same_words_as_the_harness_switches():
     words = "1, true, yes, on, 0, false, no, off"
     with pytest.raises(ConfigError, match=rf"config.report='maybe': expected one of {words}"):
         config_lib.load("smoke", ["report=maybe"])
+
+
+def test_dataset_is_a_shipped_one_or_one_imported_into_the_data_dir(tmp_path, monkeypatch):
+    from harness.data import catalog
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "default"))
+    c = config_lib.load("smoke", ["dataset=kmnist", f"data_dir={tmp_path}"])
+    config_lib.validate(c, 8)
+    c = config_lib.load("smoke", ["dataset=letters", f"data_dir={tmp_path}"])
+    with pytest.raises(
+        ConfigError,
+        match=rf"letters': allowed: mnist, fashion_mnist, kmnist \(shipped\); none imported into {tmp_path}$",
+    ):
+        config_lib.validate(c, 8)
+    catalog.write(catalog.Imported("letters", tuple("abcdefghij")), tmp_path)
+    config_lib.validate(c, 8)
+    c = config_lib.load("smoke", ["dataset=letters"])  # data_dir '' = tfds' default, where it is not
+    with pytest.raises(ConfigError, match=f"none imported into {tmp_path / 'default'}"):
+        config_lib.validate(c, 8)
+    (tmp_path / "letters" / catalog.META_FILE).write_text("{}")
+    c = config_lib.load("smoke", ["dataset=letters", f"data_dir={tmp_path}"])
+    with pytest.raises(
+        ConfigError, match=rf"^config.dataset='letters': {tmp_path}/letters/harness-dataset.json: not a description"
+    ):
+        config_lib.validate(c, 8)

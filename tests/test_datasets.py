@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import write_tiny_idx
@@ -34,10 +36,13 @@ def test_builders_keep_stock_names_urls_and_class_names():
     from tensorflow_datasets.image_classification import mnist as stock
 
     assert datasets.Mnist.URL == stock.MNIST.URL and datasets.FashionMnist.URL == stock.FashionMNIST.URL
+    assert datasets.Kmnist.URL == stock.KMNIST.URL == "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"
     assert datasets.class_names("fashion_mnist")[0] == "T-shirt/top"
     assert datasets.class_names("mnist") == [str(i) for i in range(10)]
-    urls = datasets.FashionMnist.url_infos
-    assert urls and all(u.startswith(stock.FashionMNIST.URL) for u in urls)
+    assert datasets.class_names("kmnist") == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+    for builder, stock_builder in ((datasets.FashionMnist, stock.FashionMNIST), (datasets.Kmnist, stock.KMNIST)):
+        urls = builder.url_infos  # the stock builder's registered checksums, one per file
+        assert len(urls) == 4 and all(u.startswith(stock_builder.URL) for u in urls)
 
 
 def test_ensure_prepared_reuses_prepared_data(tiny_data_dir):
@@ -73,21 +78,27 @@ def test_import_refuses_bad_files_and_writes_nothing(tmp_path):
     assert not (tmp_path / "tfds").exists()
 
 
-def test_unknown_dataset_lists_allowed():
-    with pytest.raises(DataError, match="allowed: fashion_mnist, mnist"):
-        datasets.builder("cifar10")
+def test_unknown_dataset_lists_shipped_and_imported(tmp_path, tiny_idx_dir):
+    with pytest.raises(DataError, match=r"allowed: mnist, fashion_mnist, kmnist \(shipped\); none imported into"):
+        datasets.builder("cifar10", str(tmp_path))
+    datasets.import_named("letters", list("abcdefghij"), tiny_idx_dir, str(tmp_path))
+    with pytest.raises(DataError, match=rf"kmnist \(shipped\); letters \(imported into {tmp_path}\)$"):
+        datasets.builder("cifar10", str(tmp_path))
 
 
 def test_one_list_of_dataset_names(monkeypatch):
-    """The builders, config validation and the command line all read harness.data.NAMES."""
-    from harness import cli, config, data
+    """The builders, the catalog (config validation, explore, data info) and `data import --dataset` all read
+    harness.data.NAMES."""
+    from harness import cli, data
+    from harness.data import catalog
 
-    assert tuple(datasets.BUILDERS) == data.NAMES
-    assert config.ALLOWED["dataset"] is data.NAMES
+    assert tuple(datasets.BUILDERS) == data.NAMES == ("mnist", "fashion_mnist", "kmnist")
+    assert catalog.NAMES is data.NAMES
     monkeypatch.setattr(data, "NAMES", ("kmnist",))
     parser = cli._parser()
-    for argv in (["explore", "--dataset", "kmnist"], ["data", "info", "--dataset", "kmnist"]):
-        assert parser.parse_args(argv).dataset == "kmnist"
+    assert parser.parse_args(["data", "import", "d", "--dataset", "kmnist"]).dataset == "kmnist"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "import", "d", "--dataset", "mnist"])
 
 
 def test_a_cached_split_with_a_label_outside_the_classes_is_decoded_again(tmp_path):
@@ -205,3 +216,93 @@ def test_the_data_cache_keeps_one_file_per_dataset_and_split(tiny_idx_dir, tiny_
     (new,) = [p.name for p in cache.glob("mnist-*-train-*.npz")]
     assert new == datasets._cache_path(other, "train").name
     assert sorted(p.name for p in cache.iterdir()) == sorted([*kept, new, writing.name])
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist"])
+def test_every_shipped_dataset_imports_the_files_content(tiny_idx_dir, tiny_data_dir, name):
+    from harness.data import idx
+
+    b = datasets.builder(name, tiny_data_dir)
+    assert b.is_prepared() and b.version == "3.1.0" and b.name == name
+    images, labels = idx.load_split(tiny_idx_dir, "test")
+    loaded = datasets.load_split(b, "test")
+    assert _sorted_pairs(loaded.images, loaded.labels) == _sorted_pairs(images, labels)
+
+
+LETTERS = list("abcdefghij")
+
+
+def test_import_named_prepares_the_files_under_its_name_with_its_classes(tiny_idx_dir, tmp_path):
+    import sys
+
+    from harness.data import catalog, idx
+
+    b = datasets.import_named("letters", LETTERS, tiny_idx_dir, str(tmp_path))
+    assert b.is_prepared() and b.name == "letters" and b.version == "1.0.0"
+    assert Path(b.data_dir) == tmp_path / "letters" / "1.0.0"
+    assert catalog.read("letters", tmp_path) == catalog.Imported("letters", tuple(LETTERS), str(tiny_idx_dir))
+    again, source = datasets.ensure_prepared("letters", str(tmp_path))
+    assert source.startswith("prepared tfds data in") and datasets.class_names("letters", str(tmp_path)) == LETTERS
+    for split in ("train", "test"):
+        images, labels = idx.load_split(tiny_idx_dir, split)
+        loaded = datasets.load_split(again, split)
+        assert _sorted_pairs(loaded.images, loaded.labels) == _sorted_pairs(images, labels)
+    assert "tensorflow" not in sys.modules
+
+
+def _tree(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) if directory.exists() else None
+
+
+def test_import_named_refuses_a_second_import_and_a_folder_it_did_not_write(tiny_idx_dir, tmp_path):
+    datasets.import_named("letters", LETTERS, tiny_idx_dir, str(tmp_path))
+    before = _tree(tmp_path)
+    with pytest.raises(DataError, match=r"letters is already imported into .*; remove that folder to import it again"):
+        datasets.import_named("letters", list("klmnopqrst"), tiny_idx_dir, str(tmp_path))
+    (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)  # a stock tfds dataset in the same data dir
+    with pytest.raises(DataError, match=r"cifar10 holds data harness did not import .*; choose another name"):
+        datasets.import_named("cifar10", LETTERS, tiny_idx_dir, str(tmp_path))
+    assert _tree(tmp_path) == sorted([*before, "cifar10", "cifar10/3.0.2"])
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes", "match"),
+    [
+        (np.arange(12) % 12, [f"c{k}" for k in range(10)], r"names 10 classes, but the labels in .* are 0\.\.11"),
+        (np.arange(26) % 26, [f"c{k}" for k in range(26)], r"make 26 classes; harness's models have 10 outputs"),
+        (np.arange(4) % 3, ["a", "b", "c"], r"make 3 classes; .* only 10-class datasets"),
+    ],
+)
+def test_import_named_refuses_another_class_count_and_writes_nothing(tmp_path, labels, classes, match):
+    from helpers import make_images
+
+    from harness.data import idx
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for split in ("train", "test"):
+        n = len(labels)
+        stems = {kind: idx.STANDARD_FILES[(split, kind)] for kind in ("images", "labels")}
+        (src / stems["images"]).write_bytes(idx.encode_images(make_images(np.zeros(n, np.int32))))
+        (src / stems["labels"]).write_bytes(idx.encode_labels(labels))
+    with pytest.raises(DataError, match=match):
+        datasets.import_named("mine", classes, src, str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_a_failed_import_removes_the_folder_it_made_and_a_half_import_is_one_line(tiny_idx_dir, tmp_path, monkeypatch):
+    def killed(self, *args, **kwargs):
+        (Path(self.data_dir).parent / "incomplete.x").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets._ImportedBuilder, "download_and_prepare", killed)
+        with pytest.raises(KeyboardInterrupt):
+            datasets.import_named("letters", LETTERS, tiny_idx_dir, str(tmp_path))
+    assert not (tmp_path / "letters").exists()
+    from harness.data import catalog
+
+    catalog.write(catalog.Imported("letters", tuple(LETTERS)), tmp_path)  # a description whose import did not finish
+    with pytest.raises(DataError, match=r"letters is not prepared in .* `harness data import DIR --as letters"):
+        datasets.ensure_prepared("letters", str(tmp_path))
+    assert datasets.import_named("letters", LETTERS, tiny_idx_dir, str(tmp_path)).is_prepared()  # may import again

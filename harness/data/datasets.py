@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST as tfds datasets that prepare and load without TensorFlow.
+"""MNIST, Fashion-MNIST, Kuzushiji-MNIST and the user's own MNIST-format datasets as tfds datasets that prepare and
+load without TensorFlow.
 
 The stock tfds builders need TensorFlow to prepare (``tf.io.gfile`` and PNG-encoded ``Image`` features). The
 builders here subclass them — same names, download URLs, checksums and class names — but store the images as
@@ -9,13 +10,18 @@ the stock builder (3.0.1, TFRecord + PNG) in the same data dir is never mistaken
 Where the data comes from, in order: an already prepared copy in the data dir; IDX files in a directory (the
 ``harness data import`` command, or Debian's ``dataset-fashion-mnist`` package, found automatically); a download
 by tfds when the machine is online.
+
+The user's own datasets (``harness data import DIR --as NAME --classes …``) are builders made per name from the
+description :mod:`harness.data.catalog` keeps beside them (version 1.0.0, no download source).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+import shutil
 import socket
 import time
 import urllib.parse
@@ -29,31 +35,24 @@ from tensorflow_datasets.core.download.download_manager import NonMatchingChecks
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from harness import settings
-from harness.data import idx
+from harness.data import catalog, idx
 from harness.errors import DataError
 
 DEBIAN_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 DEBIAN_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
 _VERSION = tfds.core.Version("3.1.0")
+_IMPORTED_NOTES = {"1.0.0": "harness: imported from the user's IDX files (harness data import --as)."}
 _RELEASE_NOTES = {"3.1.0": "harness: uint8 Tensor images in ArrayRecord, numpy IDX reader; no TensorFlow needed."}
 
 
 class _IdxBuilderMixin:
-    """Replaces the TensorFlow-bound parts of the stock MNIST builders; reads IDX files from a dir or the web."""
-
-    VERSION = _VERSION
-    RELEASE_NOTES = _RELEASE_NOTES
+    """What every harness builder shares: IDX files read with numpy from a dir (or the web), uint8 Tensor images
+    in ArrayRecord files."""
 
     def __init__(self, *, idx_dir: Path | None = None, **kwargs):
         self.idx_dir = Path(idx_dir) if idx_dir else None
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
-
-    @tfds_utils.classproperty
-    @classmethod
-    def _checksums_path(cls):
-        """The stock builder's registered checksums (same URLs, same files)."""
-        return tfds_utils.tfds_path() / "url_checksums" / f"{cls.name}.txt"
 
     def _log_download_bytes(self) -> None:
         source = f"the IDX files in {self.idx_dir}" if self.idx_dir else f"a download from {self.URL}"
@@ -62,20 +61,13 @@ class _IdxBuilderMixin:
     def _log_download_done(self) -> None:
         print(f"prepared {self.name} in {self.data_dir}", flush=True)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        stock = super()._info()
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=stock.description,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=tfds_mnist.MNIST_IMAGE_SHAPE, dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(names=stock.features["label"].names),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage=stock.homepage,
-            citation=stock.citation,
+    @staticmethod
+    def _features(class_names) -> tfds.features.FeaturesDict:
+        return tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Tensor(shape=tfds_mnist.MNIST_IMAGE_SHAPE, dtype=np.uint8),
+                "label": tfds.features.ClassLabel(names=list(class_names)),
+            }
         )
 
     def _split_generators(self, dl_manager):
@@ -98,19 +90,89 @@ class _IdxBuilderMixin:
             yield index, {"image": images[index], "label": labels[index]}
 
 
-class Mnist(_IdxBuilderMixin, tfds_mnist.MNIST, skip_registration=True):
+class _StockMixin(_IdxBuilderMixin):
+    """A stock tfds builder's name, URLs, checksums, description and class names, prepared without TensorFlow."""
+
+    VERSION = _VERSION
+    RELEASE_NOTES = _RELEASE_NOTES
+
+    @tfds_utils.classproperty
+    @classmethod
+    def _checksums_path(cls):
+        """The stock builder's registered checksums (same URLs, same files)."""
+        return tfds_utils.tfds_path() / "url_checksums" / f"{cls.name}.txt"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        stock = super()._info()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=stock.description,
+            features=self._features(stock.features["label"].names),
+            supervised_keys=("image", "label"),
+            homepage=stock.homepage,
+            citation=stock.citation,
+        )
+
+
+class Mnist(_StockMixin, tfds_mnist.MNIST, skip_registration=True):
     """MNIST handwritten digits, prepared without TensorFlow."""
 
     name = "mnist"
 
 
-class FashionMnist(_IdxBuilderMixin, tfds_mnist.FashionMNIST, skip_registration=True):
+class FashionMnist(_StockMixin, tfds_mnist.FashionMNIST, skip_registration=True):
     """Fashion-MNIST (Zalando article images), prepared without TensorFlow."""
 
     name = "fashion_mnist"
 
 
-BUILDERS = {b.name: b for b in (Mnist, FashionMnist)}  # one per name in harness.data.NAMES (tests/test_datasets.py)
+class Kmnist(_StockMixin, tfds_mnist.KMNIST, skip_registration=True):
+    """Kuzushiji-MNIST (cursive Hiragana, one character per row of the syllabary), prepared without TensorFlow."""
+
+    name = "kmnist"
+
+
+BUILDERS = {b.name: b for b in (Mnist, FashionMnist, Kmnist)}  # one per name in harness.data.NAMES
+
+
+class _ImportedBuilder(_IdxBuilderMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A user's MNIST-format dataset, imported from its four IDX files; a subclass per name (:func:`_imported`)."""
+
+    name = "harness_imported"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = _IMPORTED_NOTES
+    URL = None
+    CLASSES: tuple[str, ...] = ()
+
+    @tfds_utils.classproperty
+    @classmethod
+    def _checksums_path(cls):
+        """None: nothing is downloaded, so there are no checksums (and no source folder to look for them in)."""
+        return None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{self.name}: an MNIST-format dataset imported by harness (harness data import --as).",
+            features=self._features(self.CLASSES),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        if self.idx_dir is None:  # never downloaded: only `harness data import` prepares it
+            raise DataError(f"{self.name}: no source to prepare it from; {_import_hint(self.name)}")
+        return super()._split_generators(dl_manager)
+
+
+@functools.lru_cache(maxsize=64)
+def _imported_class(name: str, classes: tuple[str, ...]) -> type:
+    """One builder class per (name, classes): tfds keeps every builder class it sees, so they are made once."""
+    body = {"name": name, "CLASSES": classes, "__module__": __name__, "__doc__": f"The imported dataset {name}."}
+    return type(f"Imported_{name}", (_ImportedBuilder,), body, skip_registration=True)
+
+
+def _import_hint(name: str) -> str:
+    return f"import it with `harness data import DIR --as {name} --classes NAME0,NAME1,…`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,15 +187,19 @@ class Split:
 
 
 def builder(name: str, data_dir: str | None = None, idx_dir: Path | None = None) -> tfds.core.DatasetBuilder:
-    """The harness builder for ``name``; ``data_dir`` None means tfds' default (``TFDS_DATA_DIR`` honoured)."""
-    if name not in BUILDERS:
-        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[name](data_dir=data_dir or None, idx_dir=idx_dir)
+    """The harness builder for ``name``, shipped or imported into the data dir; ``data_dir`` None means tfds'
+    default (``TFDS_DATA_DIR`` honoured)."""
+    if name in BUILDERS:
+        return BUILDERS[name](data_dir=data_dir or None, idx_dir=idx_dir)
+    meta = catalog.read(name, data_dir)
+    if meta is None:
+        raise DataError(f"unknown dataset {name!r}; allowed: {catalog.allowed_text(data_dir)}")
+    return _imported_class(name, meta.classes)(data_dir=str(catalog.root(data_dir)), idx_dir=idx_dir)
 
 
-def class_names(name: str) -> list[str]:
-    """The class names of ``name`` (digits '0'..'9' for MNIST)."""
-    return list(builder(name).info.features["label"].names)
+def class_names(name: str, data_dir: str | None = None) -> list[str]:
+    """The class names of ``name`` (digits '0'..'9' for MNIST; an imported dataset's from its data dir)."""
+    return list(builder(name, data_dir).info.features["label"].names)
 
 
 def _online(url: str, timeout: float = 3.0) -> bool:
@@ -160,20 +226,54 @@ def no_data_message(name: str) -> str:
     )
 
 
-def prepare_from_dir(name: str, directory: Path, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Validates the four IDX files in ``directory`` and prepares the tfds dataset from them."""
+def _validated_labels(directory: Path, num_classes: int = idx.NUM_CLASSES) -> list[np.ndarray]:
+    """Validates the four IDX files in ``directory`` (before anything is written); returns the splits' labels."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory")
     missing = idx.missing_files(directory)
     if missing:
         raise DataError(f"{directory}: missing {', '.join(missing)} (each may be gzipped)")
-    for split in ("train", "test"):  # Validate everything before tfds writes anything.
-        idx.load_split(directory, split)
-    b = builder(name, data_dir, idx_dir=directory)
+    return [idx.load_split(directory, split, num_classes)[1] for split in ("train", "test")]
+
+
+def prepare_from_dir(name: str, directory: Path, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """Validates the four IDX files in ``directory`` and prepares the shipped dataset ``name`` from them."""
+    if name not in BUILDERS:
+        raise DataError(f"--dataset {name}: allowed: {', '.join(BUILDERS)} (import your own with --as NAME)")
+    _validated_labels(directory)
+    b = builder(name, data_dir, idx_dir=Path(directory))
     if b.is_prepared():
         raise DataError(f"{name} is already prepared in {b.data_dir}; remove that folder to import again")
     b.download_and_prepare()
+    return b
+
+
+def import_named(
+    name: str, classes: list[str] | tuple[str, ...], directory: Path, data_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """Imports the user's MNIST-format dataset in ``directory`` as ``name`` with these class names: everything is
+    checked first (name, class names against the labels, each file), then the description and the tfds data are
+    written under ``DATA_DIR/name``; a failed import removes the folder it created."""
+    catalog.check_name(name)
+    classes = catalog.check_classes(classes)
+    labels = _validated_labels(directory, num_classes=256)
+    catalog.check_labels(classes, max(int(split.max()) for split in labels), Path(directory))
+    folder = catalog.root(data_dir) / name
+    if folder.exists() and not (folder / catalog.META_FILE).is_file():
+        raise DataError(f"{folder} holds data harness did not import (another tfds dataset?); choose another name")
+    meta = catalog.Imported(name, classes, str(Path(directory).resolve()))
+    b = _imported_class(name, classes)(data_dir=str(catalog.root(data_dir)), idx_dir=Path(directory))
+    if b.is_prepared():
+        raise DataError(f"{name} is already imported into {folder}; remove that folder to import it again")
+    fresh = not folder.exists()
+    try:
+        catalog.write(meta, data_dir)
+        b.download_and_prepare()
+    except BaseException:
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return b
 
 
@@ -182,6 +282,8 @@ def ensure_prepared(name: str, data_dir: str | None = None) -> tuple[tfds.core.D
     b = builder(name, data_dir)
     if b.is_prepared():
         return b, f"prepared tfds data in {b.data_dir}"
+    if name not in BUILDERS:  # imported, but its import was stopped half-way
+        raise DataError(f"{name} is not prepared in {b.data_dir} (an import did not finish); {_import_hint(name)}")
     debian = DEBIAN_DIRS.get(name)
     if debian is not None and not idx.missing_files(debian):
         b = prepare_from_dir(name, debian, data_dir)

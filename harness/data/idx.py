@@ -63,8 +63,9 @@ def parse_images(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols, 1)
 
 
-def parse_labels(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parses an IDX1 label file into an int32 array of shape (N,), checking labels are 0..9."""
+def parse_labels(data: bytes, name: str = "<bytes>", num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Parses an IDX1 label file into an int32 array of shape (N,), checking labels are 0..num_classes-1 (256: any
+    byte, for a dataset whose class count is still to be checked)."""
     if len(data) < 8:
         raise DataError(f"{name}: {len(data)} bytes is too short for an IDX label header (8 bytes)")
     magic, count = struct.unpack(">II", data[:8])
@@ -76,9 +77,9 @@ def parse_labels(data: bytes, name: str = "<bytes>") -> np.ndarray:
             "the file is truncated or has trailing data"
         )
     labels = np.frombuffer(data, np.uint8, offset=8)
-    if count and labels.max() >= NUM_CLASSES:
-        bad = int(np.argmax(labels >= NUM_CLASSES))
-        raise DataError(f"{name}: label {labels[bad]} at index {bad} is outside 0..{NUM_CLASSES - 1}")
+    if count and labels.max() >= num_classes:
+        bad = int(np.argmax(labels >= num_classes))
+        raise DataError(f"{name}: label {labels[bad]} at index {bad} is outside 0..{num_classes - 1}")
     return labels.astype(np.int32)
 
 
@@ -95,8 +96,9 @@ def missing_files(directory: Path) -> list[str]:
     return [stem for stem in STANDARD_FILES.values() if find_file(directory, stem) is None]
 
 
-def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Loads and validates one split ('train' or 'test') from the standard files in ``directory``."""
+def load_split(directory: Path, split: str, num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Loads and validates one split ('train' or 'test') from the standard files in ``directory``; labels must be
+    in 0..num_classes-1."""
     paths = {}
     for kind in ("images", "labels"):
         stem = STANDARD_FILES[(split, kind)]
@@ -105,7 +107,7 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"{Path(directory) / stem}: missing (looked for {stem} and {stem}.gz)")
         paths[kind] = path
     images = parse_images(read_bytes(paths["images"]), str(paths["images"]))
-    labels = parse_labels(read_bytes(paths["labels"]), str(paths["labels"]))
+    labels = parse_labels(read_bytes(paths["labels"]), str(paths["labels"]), num_classes)
     if len(images) != len(labels):
         raise DataError(f"{paths['labels']}: {len(labels)} labels for {len(images)} images in {paths['images'].name}")
     if not len(images):
