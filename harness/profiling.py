@@ -68,19 +68,40 @@ class OpTime:
     share: float  # of the time of all XLA operations in the trace
 
 
+def _self_times(events: list[dict]) -> list[tuple[dict, float]]:
+    """Each event with its own time in microseconds: its duration less that of the events nested in it on the same
+    thread (a ``while`` loop's event holds its body's operations; counting both would count them twice)."""
+    by_thread: dict = collections.defaultdict(list)
+    for event in events:
+        by_thread[event.get("pid"), event.get("tid")].append(event)
+    timed = []
+    for thread in by_thread.values():
+        stack: list[list] = []  # [event, own time] of the events still open
+        for event in sorted(thread, key=lambda e: (e.get("ts", 0.0), -e.get("dur", 0.0))):
+            start, dur = event.get("ts", 0.0), event.get("dur", 0.0)
+            while stack and stack[-1][0].get("ts", 0.0) + stack[-1][0].get("dur", 0.0) <= start:
+                stack.pop()
+            if stack:
+                stack[-1][1] -= dur
+            entry = [event, dur]
+            stack.append(entry)
+            timed.append(entry)
+    return [(event, own) for event, own in timed]
+
+
 def top_ops(trace_file: Path, n: int = 10) -> list[OpTime]:
-    """The ``n`` XLA operations that took the most time in a Perfetto trace file (summed over their events)."""
+    """The ``n`` XLA operations that took the most time of their own in a Perfetto trace file (summed over their
+    events; nested operations' time belongs to them, not to the loop that holds them)."""
     with gzip.open(trace_file, "rt") as f:
         data = json.load(f)
     events = data["traceEvents"] if isinstance(data, dict) else data
+    ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in (e.get("args") or {})]
     seconds: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
-    for event in events:
-        args = event.get("args") or {}
-        if event.get("ph") == "X" and "hlo_op" in args:
-            name = f"{args.get('hlo_module', '?')}/{args['hlo_op']}"
-            seconds[name] += event.get("dur", 0.0) / 1e6
-            counts[name] += 1
+    for event, own in _self_times(ops):
+        name = f"{event['args'].get('hlo_module', '?')}/{event['args']['hlo_op']}"
+        seconds[name] += own / 1e6
+        counts[name] += 1
     total = sum(seconds.values())
     return [OpTime(name, s, counts[name], s / total) for name, s in seconds.most_common(n)]
 

@@ -36,10 +36,11 @@ def _write_trace(directory, events):
 
 
 def test_top_ops_sum_each_operations_events_and_ignore_host_events(tmp_path):
-    def op(name, dur):
-        return {"ph": "X", "name": name, "dur": dur, "args": {"hlo_module": "jit_step", "hlo_op": name}}
+    def op(name, ts, dur):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "args": {"hlo_module": "jit_step", "hlo_op": name}}
 
-    events = [op("dot", 300.0), op("dot", 500.0), op("fusion", 200.0), {"ph": "X", "name": "PjitFunction", "dur": 9e6}]
+    events = [op("dot", 0, 300.0), op("dot", 400, 500.0), op("fusion", 1000, 200.0)]
+    events.append({"ph": "X", "name": "PjitFunction", "ts": 0, "dur": 9e6})
     events.append({"ph": "M", "name": "process_name", "args": {"name": "/host:CPU"}})
     ops = profiling.top_ops(_write_trace(tmp_path, events))
     assert [(op.name, op.count) for op in ops] == [("jit_step/dot", 2), ("jit_step/fusion", 1)]
@@ -47,6 +48,15 @@ def test_top_ops_sum_each_operations_events_and_ignore_host_events(tmp_path):
     assert [op.share for op in ops] == pytest.approx([0.8, 0.2])
     lines = profiling.summary_lines(tmp_path)
     assert "top 2 XLA operations" in lines[1] and "jit_step/dot" in lines[2] and "80.0%" in lines[2]
+
+
+def test_an_operation_nested_in_another_counts_once_its_holder_keeps_only_its_own_time(tmp_path):
+    def op(name, ts, dur, tid=1):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": tid, "args": {"hlo_module": "m", "hlo_op": name}}
+
+    events = [op("while", 0, 100), op("dot", 10, 30), op("add", 50, 40), op("dot", 200, 30), op("dot", 20, 10, tid=2)]
+    ops = {o.name: (round(o.seconds * 1e6), o.count) for o in profiling.top_ops(_write_trace(tmp_path, events))}
+    assert ops == {"m/dot": (70, 3), "m/add": (40, 1), "m/while": (30, 1)}
 
 
 def test_a_directory_without_a_trace_says_so(tmp_path):
