@@ -2,17 +2,19 @@
 
 Timing protocol: compile ahead of time and report it apart (with the time to the first finished step); run
 warm-up dispatches and discard them; then time ≥ 5 windows of several dispatches, each closed by one
-``block_until_ready`` (never a host sync per step), and report the median, p10 and p90 step time. FLOPs per
-example come from XLA's cost analysis of the compiled single step; MFU divides achieved FLOP/s by a peak table.
+``block_until_ready`` (never a host sync per step), and report the median, p10 and p90 step time. FLOPs and
+bytes per step come from XLA's cost analysis of the compiled single step; :mod:`harness.roofline` turns them into
+achieved FLOP/s, arithmetic intensity, MFU against the datasheet (:mod:`harness.peaks`) and the fraction of the
+measured ceiling (:mod:`harness.ceiling`). Memory: the devices' peak in use where they report it, the host's
+peak RSS. A batch sweep ends at the first size that runs out of memory and says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
-import re
+import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,27 +24,14 @@ import jax
 import numpy as np
 
 from harness import config as config_lib
-from harness import models, runtime
+from harness import models, parallel, roofline, runtime
 from harness import plan as plan_lib
 from harness.build import build
 from harness.data import batches
-from harness.errors import ConfigError
+from harness.errors import ConfigError, OutOfMemoryError
 
 DATA_MODES = ("device", "host")
 SYNTHETIC_EXAMPLES = 60000  # device-resident examples: as many as the MNIST-format training splits
-
-# Dense peak FLOP/s per device, by device kind (substring, lower case) and compute dtype, with the source.
-PEAKS = {
-    ("h100", "bfloat16"): (989.4e12, "NVIDIA H100 SXM datasheet, dense BF16"),
-    ("h100", "float32"): (494.7e12, "NVIDIA H100 SXM datasheet, dense TF32 (XLA's default float32 matmul precision)"),
-    ("h200", "bfloat16"): (989.4e12, "NVIDIA H200 datasheet, dense BF16"),
-    ("h200", "float32"): (494.7e12, "NVIDIA H200 datasheet, dense TF32"),
-    ("a100", "bfloat16"): (312e12, "NVIDIA A100 datasheet, dense BF16"),
-    ("a100", "float32"): (156e12, "NVIDIA A100 datasheet, dense TF32"),
-    ("tpu v5 lite", "bfloat16"): (197e12, "Google Cloud TPU v5e docs, BF16 per chip"),
-    ("tpu v5e", "bfloat16"): (197e12, "Google Cloud TPU v5e docs, BF16 per chip"),
-    ("tpu v4", "bfloat16"): (275e12, "Google Cloud TPU v4 docs, BF16 per chip"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,49 +47,6 @@ class Point:
     num_devices: int = 0
     conv: str = "auto"
     micro_batches: int = 0
-
-
-def cpu_info() -> dict:
-    """Model, cores this process may use, nominal clock and the vector/matrix features, from /proc/cpuinfo."""
-    info = {"model": platform.processor() or "unknown", "cores": len(os.sched_getaffinity(0)), "mhz": None, "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return info
-    for key, field in (("model name", "model"), ("cpu MHz", "mhz"), ("flags", "flags")):
-        match = re.search(rf"^{key}\s*:\s*(.*)$", text, re.M)
-        if match:
-            info[field] = match.group(1).strip()
-    info["mhz"] = float(info["mhz"]) if info["mhz"] else None
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
-    info["flags"] = [f for f in str(info["flags"]).split() if f in wanted]
-    return info
-
-
-def cpu_peak(dtype: str) -> tuple[float | None, str | None]:
-    """The whole CPU's peak FLOP/s: cores × nominal clock × FLOP per cycle per core for ``dtype``."""
-    info = cpu_info()
-    flags = set(info["flags"])
-    if not info["mhz"]:
-        return None, None
-    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8  # fp32: 2 FMA units × lanes × 2
-    if dtype == "bfloat16":
-        per_cycle = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else per_cycle
-    peak = info["cores"] * info["mhz"] * 1e6 * per_cycle
-    unit = "AMX" if per_cycle == 1024 else "vector units"
-    return peak, f"computed: {info['cores']} cores × {info['mhz']:.0f} MHz × {per_cycle} {dtype} FLOP/cycle ({unit})"
-
-
-def peak_flops(device_kind: str, dtype: str) -> tuple[float | None, str | None]:
-    """(peak FLOP/s per device, source) for a device kind, or (None, None) when unknown. For CPUs, the whole
-    CPU (all fake devices share its cores)."""
-    if device_kind.lower() == "cpu":
-        return cpu_peak(dtype)
-    kind = device_kind.lower()
-    for (name, peak_dtype), (peak, source) in PEAKS.items():
-        if name in kind and peak_dtype == dtype:
-            return peak, source
-    return None, None
 
 
 def resolve(point: Point) -> Point:
@@ -125,11 +71,15 @@ def _config(point: Point) -> Any:
 
 
 def _memory(devices: list) -> dict:
+    """The most any device has in use and its peak so far (None where devices do not report it, e.g. CPUs), and
+    this process's peak resident memory so far (the host's share; on a CPU, the devices' too)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     stats = [d.memory_stats() for d in devices if hasattr(d, "memory_stats")]
     stats = [s for s in stats if s]
     if not stats:
-        return {"bytes_in_use": None, "peak_bytes_in_use": None}
-    return {k: max(s.get(k, 0) for s in stats) for k in ("bytes_in_use", "peak_bytes_in_use")}
+        return {"bytes_in_use": None, "peak_bytes_in_use": None, "host_peak_rss_bytes": rss}
+    device = {k: max(s.get(k, 0) for s in stats) for k in ("bytes_in_use", "peak_bytes_in_use")}
+    return {**device, "host_peak_rss_bytes": rss}
 
 
 def _chips(devices: list) -> int:
@@ -223,20 +173,16 @@ class _Runner:
             return "train_batch"
         return "train" if self.point.steps_per_dispatch == 1 else "train_steps"
 
-    def flops_per_example(self, compiled) -> float | None:
-        """From XLA's cost analysis of the compiled plain step (per-device program ÷ per-device batch). A
+    def step_cost(self, compiled) -> dict:
+        """FLOPs and bytes accessed of one step's per-device program, from XLA's cost analysis of the compiled
+        plain step (:func:`harness.roofline.cost`). A
         ``lax.scan`` program (fused steps, micro-batches) counts its body once, so when ``compiled`` is one of those
         the plain step of the same point is compiled and analysed instead."""
         if self.name != "train" or self.plan.micro_batches != 1:
             plain = _Runner(dataclasses.replace(self.point, steps_per_dispatch=1, data="device", micro_batches=1))
             indices = plain.par.shard_indices(plain._indices())
             compiled = plain.par.lower("train", plain.state, plain.data, indices).compile()
-        analysis = compiled.cost_analysis()
-        analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
-        flops = (analysis or {}).get("flops")
-        if not flops or flops <= 0:
-            return None
-        return float(flops) / (self.point.batch_size / self.par.num_devices)  # pmap and jit: per-device program
+        return roofline.cost(compiled.cost_analysis())  # pmap and jit alike: the per-device program
 
 
 def measure(
@@ -256,6 +202,7 @@ def measure(
     t0 = clock()
     compiled = runner.par.lower(runner.name, runner.state, *args).compile()
     compile_seconds = clock() - t0
+    parallel.check_memory([compiled], runner.par.devices)  # too big for the devices: OutOfMemoryError, now
     state, sums = compiled(runner.state, *args)
     jax.block_until_ready(sums)
     time_to_first_step = clock() - start
@@ -282,13 +229,8 @@ def measure(
         "loss_finite": bool(np.isfinite(runner.par.metrics_to_host(dispatch())["loss"])),
         **_memory(devices),
     }
-    flops = runner.flops_per_example(compiled)
-    peak, source = peak_flops(devices[0].device_kind, point.dtype)
-    total_peak = peak if devices[0].platform == "cpu" else (peak or 0) * len(devices)
-    figures["flops_per_example"] = flops
-    figures["mfu"] = flops * figures["examples_per_sec"] / total_peak if flops and peak else "n/a"
-    figures["peak_flops_per_device"] = peak
-    figures["peak_source"] = source
+    cost = runner.step_cost(compiled)
+    figures.update(roofline.figures(cost, figures["step_seconds_median"], point.batch_size, devices, point.dtype))
     return figures
 
 
@@ -315,18 +257,28 @@ def grid(
                                 yield Point(m, bs, dt, par, data, k, num_devices, conv)
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out: XLA's RESOURCE_EXHAUSTED, harness's own check before the first step
+    (:class:`OutOfMemoryError`), or the host's MemoryError."""
+    if isinstance(error, OutOfMemoryError | MemoryError):
+        return True
+    return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
+
+
 def sweep(point: Point, max_batch: int = 65536, patience: int = 2, min_gain: float = 0.05, **kw) -> list[dict]:
     """Doubles the batch size from ``point.batch_size`` until throughput stops improving by ``min_gain`` for
-    ``patience`` steps, memory runs out, or ``max_batch``; returns one ``(point, figures)`` dict per size tried."""
+    ``patience`` steps, memory runs out, or ``max_batch``; returns one ``(point, figures)`` dict per size tried,
+    the last with ``figures`` None, ``stopped`` "out of memory" and the ``error``'s first line if memory ran out."""
     results, best, stale, bs = [], 0.0, 0, point.batch_size
     while bs <= max_batch and stale < patience:
         p = dataclasses.replace(point, batch_size=bs)
         try:
             figures = measure(p, **kw)
-        except jax.errors.JaxRuntimeError as e:  # out of memory ends the walk
-            if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+        except (jax.errors.JaxRuntimeError, OutOfMemoryError, MemoryError) as e:  # out of memory ends the walk
+            if not out_of_memory(e):
                 raise
-            results.append({"point": p, "figures": None, "stopped": "out of memory"})
+            error = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            results.append({"point": p, "figures": None, "stopped": "out of memory", "error": error})
             break
         results.append({"point": p, "figures": figures})
         gain = figures["examples_per_sec"] / best - 1 if best else 1.0

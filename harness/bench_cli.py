@@ -89,13 +89,14 @@ def _steps_per_dispatch(text: str) -> list[int]:
 
 def _describe(point: bench.Point, f: dict) -> str:
     mfu = f"{f['mfu']:.1%}" if isinstance(f["mfu"], float) else "n/a"
+    of_ceiling = f"{f['ceiling_fraction']:.1%}" if isinstance(f.get("ceiling_fraction"), float) else "n/a"
     return (
         f"{point.model:<8} b{point.batch_size:<6} {point.dtype:<8} {point.parallel:<4} {point.data:<6} "
         f"{f['conv_impl'] + '/' + str(f['micro_batches']) if f['plan']['family'] == 'cnn' else '':<8} "
         f"×{point.steps_per_dispatch:<3} {f['examples_per_sec']:>12,.0f} ex/s  "
         f"step {f['step_seconds_median'] * 1e3:8.2f} ms "
         f"(p10 {f['step_seconds_p10'] * 1e3:.2f}, p90 {f['step_seconds_p90'] * 1e3:.2f})  compile "
-        f"{f['compile_seconds']:.1f} s  MFU {mfu}"
+        f"{f['compile_seconds']:.1f} s  MFU {mfu} ({of_ceiling} of the measured ceiling)"
     )
 
 
@@ -127,6 +128,28 @@ def _measure_grid(args) -> list[dict]:
         results.append((point, figures))
     _stall_shares(results)
     return [ledger.make_row("throughput", dataclasses.asdict(p), f) for p, f in results]
+
+
+def _sweep_rows(point: bench.Point, args) -> list[dict]:
+    """One batch sweep's rows: every size measured, the size that ran out of memory (an ``out_of_memory`` row
+    saying so, where one did), and the best size."""
+    tried = bench.sweep(point, windows=args.windows, dispatches_per_window=args.dispatches)
+    rows, plan = [], None
+    for t in tried:
+        if t["figures"] is None:
+            print(f"batch {t['point'].batch_size}: out of memory, the sweep stops here ({t['error']})")
+            figures = {"stopped": t["stopped"], "error": t["error"]}
+            rows.append(ledger.make_row("out_of_memory", dataclasses.asdict(t["point"]), figures))
+            continue
+        plan = _show(t["point"], t["figures"], plan)
+        rows.append(ledger.make_row("throughput", dataclasses.asdict(t["point"]), t["figures"]))
+    measured = [t for t in tried if t["figures"]]
+    if not measured:
+        print(f"no batch size from {point.batch_size} fit in memory")
+        return rows
+    best = max(measured, key=lambda t: t["figures"]["examples_per_sec"])
+    print(f"best: batch {best['point'].batch_size} ({best['figures']['examples_per_sec']:,.0f} ex/s)")
+    return [*rows, ledger.make_row("sweep_best", dataclasses.asdict(best["point"]), best["figures"])]
 
 
 def _peer_rows(args) -> list[dict]:
@@ -220,17 +243,7 @@ def run(args, overrides: list[str]) -> int:
         rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
         _save(rows, args)
     elif args.action == "sweep":
-        rows = []
-        for point in _points(args):
-            tried = bench.sweep(point, windows=args.windows, dispatches_per_window=args.dispatches)
-            measured, plan = [t for t in tried if t["figures"]], None
-            for t in measured:
-                plan = _show(t["point"], t["figures"], plan)
-            best = max(measured, key=lambda t: t["figures"]["examples_per_sec"])
-            print(f"best: batch {best['point'].batch_size} ({best['figures']['examples_per_sec']:,.0f} ex/s)")
-            rows += [ledger.make_row("throughput", dataclasses.asdict(t["point"]), t["figures"]) for t in measured]
-            rows.append(ledger.make_row("sweep_best", dataclasses.asdict(best["point"]), best["figures"]))
-        _save(rows, args)
+        _save([row for point in _points(args) for row in _sweep_rows(point, args)], args)
     elif args.action == "tta":
         _save([_tta_row(args, overrides)] + (_peer_tta_rows(args) if args.peers else []), args)
     elif args.action == "report":

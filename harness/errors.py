@@ -11,6 +11,10 @@ class ConfigError(HarnessError):
     """A config file, key or value that is not allowed."""
 
 
+class OutOfMemoryError(ConfigError):
+    """A compiled step that needs more device memory than there is (a smaller batch or model would fit)."""
+
+
 class DataError(HarnessError):
     """Missing, truncated or foreign data files."""
 

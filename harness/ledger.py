@@ -1,6 +1,7 @@
 """The benchmark ledger: one JSON line per measured point, a file per accelerator kind in the ledger directory
 (``--ledger``, by default ``benchmarks/results`` of the checkout or of the current directory: :mod:`harness.paths`),
-a Markdown leaderboard with plots, and a regression check against the stored baseline of the same machine."""
+a Markdown leaderboard with plots (throughput, step-time spread, roofline), and a regression check against the
+stored baseline of the same machine. Rows written before a field existed read as "n/a" where it is missing."""
 
 from __future__ import annotations
 
@@ -13,22 +14,35 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from harness import bench, checkpoint, paths
+from harness import ceiling, checkpoint, paths, peaks, roofline
 
 SCHEMA_VERSION = 1
 REQUIRED = {"schema": int, "kind": str, "timestamp": str, "fingerprint": dict, "point": dict, "figures": dict}
-KINDS = ("throughput", "sweep_best", "time_to_accuracy")
+KINDS = ("throughput", "sweep_best", "time_to_accuracy", "out_of_memory")
+TIMED_KINDS = ("throughput", "sweep_best")
 
 
 def fingerprint() -> dict:
     """What made a row: the checkpoint fingerprint (platform, device kind and count, process count, versions)
-    plus jaxlib, the XLA flags and, on a CPU, its model, cores, clock and features."""
+    plus jaxlib, the XLA flags, the measured ceiling (:mod:`harness.ceiling`, once per process) and, on a CPU, its
+    model, vendor, family and model number, microarchitecture, cores, clock and features."""
     import jaxlib
 
     fp = {**checkpoint.fingerprint(), "jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if fp["platform"] == "cpu":
-        info = bench.cpu_info()
-        fp.update(cpu_model=info["model"], cpu_cores=info["cores"], cpu_mhz=info["mhz"], cpu_features=info["flags"])
+        info = peaks.cpu_info()
+        core = peaks.cpu_core(info)
+        fp.update(
+            cpu_model=info.name,
+            cpu_vendor=info.vendor,
+            cpu_family=info.family,
+            cpu_model_number=info.model,
+            cpu_microarchitecture=core.name if core else None,
+            cpu_cores=info.cores,
+            cpu_mhz=info.mhz,
+            cpu_features=list(info.flags),
+        )
+    fp["ceiling"] = ceiling.measured()
     return fp
 
 
@@ -90,7 +104,9 @@ def validate(row: dict) -> list[str]:
     for key in ("platform", "device_kind", "device_count", "process_count", "jax", "flax", "optax", "xla_flags"):
         if key not in row["fingerprint"]:
             problems.append(f"fingerprint.{key} missing")
-    if row["kind"] != "time_to_accuracy":
+    if row["kind"] == "out_of_memory" and not isinstance(row["figures"].get("stopped"), str):
+        problems.append("figures.stopped missing")
+    if row["kind"] in TIMED_KINDS:
         for key in ("examples_per_sec", "step_seconds_median", "step_seconds_p10", "step_seconds_p90"):
             if not isinstance(row["figures"].get(key), int | float):
                 problems.append(f"figures.{key} missing")
@@ -132,7 +148,8 @@ def read(directory: Path) -> list[dict]:
 def _label(row: dict) -> str:
     p = row["point"]
     parts = [p.get(k) for k in ("model", "dtype", "parallel", "data")]
-    return " ".join(str(v) for v in parts if v is not None) + f" ×{p.get('steps_per_dispatch', 1)}"
+    width = f" w{p['width']}" if p.get("width", 1) != 1 else ""
+    return " ".join(str(v) for v in parts if v is not None) + f"{width} ×{p.get('steps_per_dispatch', 1)}"
 
 
 def _device_name(fp: dict) -> str:
@@ -144,54 +161,114 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
 
-def leaderboard(rows: list[dict]) -> str:
-    """Markdown: per device kind and model, the best throughput point, plus time-to-accuracy results."""
+def _percent(value) -> str:
+    """A fraction as a percentage; "n/a" for anything else (unknown peak, older rows without the field)."""
+    return f"{value:.1%}" if isinstance(value, float) else "n/a"
+
+
+def _memory(f: dict) -> str:
+    """The device's peak memory in use where it reports it, else the host's peak RSS, in GiB."""
+    if isinstance(f.get("peak_bytes_in_use"), int | float) and f["peak_bytes_in_use"]:
+        return f"{f['peak_bytes_in_use'] / 2**30:.2f} GiB"
+    if isinstance(f.get("host_peak_rss_bytes"), int | float):
+        return f"{f['host_peak_rss_bytes'] / 2**30:.2f} GiB (host RSS)"
+    return "n/a"
+
+
+def _intensity(f: dict) -> str:
+    value = f.get("arithmetic_intensity")
+    return f"{value:.1f}" if isinstance(value, int | float) else "n/a"
+
+
+def _commit(row: dict) -> str:
+    return (row.get("git_commit") or "?")[:9]
+
+
+def _best(rows: list[dict]) -> dict:
+    """Per device, framework, model and width: the timed row with the most examples/s."""
     best: dict = {}
     for row in rows:
-        if row["kind"] == "time_to_accuracy":
+        if row["kind"] not in TIMED_KINDS:
             continue
-        key = (_device_name(row["fingerprint"]), row.get("framework", "jax"), row["point"].get("model"))
+        p = row["point"]
+        key = (_device_name(row["fingerprint"]), row.get("framework", "jax"), p.get("model"), p.get("width", 1))
         if key not in best or row["figures"]["examples_per_sec"] > best[key]["figures"]["examples_per_sec"]:
             best[key] = row
+    return best
+
+
+def _throughput_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| device | framework | model | best examples/s | per device | batch | dtype | parallel | data | "
-        "steps/dispatch | step ms (p10–p90) | MFU | commit |",
-        "|" + "---|" * 13,
+        "| device | framework | model | width | best examples/s | per device | batch | dtype | parallel | data | "
+        "steps/dispatch | step ms (p10–p90) | MFU | of ceiling | FLOP/byte | peak memory | commit |",
+        "|" + "---|" * 17,
     ]
-    for (device, framework, model), row in sorted(best.items()):
+    for (device, framework, model, width), row in sorted(_best(rows).items(), key=lambda kv: str(kv[0])):
         p, f = row["point"], row["figures"]
-        mfu = f"{f['mfu']:.1%}" if isinstance(f.get("mfu"), float) else "n/a"
         lines.append(
-            f"| {device} | {framework} | {model} | {f['examples_per_sec']:,.0f} | "
+            f"| {device} | {framework} | {model} | {width} | {f['examples_per_sec']:,.0f} | "
             f"{f.get('examples_per_sec_per_device', f['examples_per_sec']):,.0f} | {p.get('batch_size')} | "
             f"{p.get('dtype')} | {p.get('parallel', '—')} | {p.get('data', '—')} | {p.get('steps_per_dispatch', 1)} | "
             f"{_ms(f['step_seconds_median'])} ({_ms(f['step_seconds_p10'])}–{_ms(f['step_seconds_p90'])}) | "
-            f"{mfu} | {(row.get('git_commit') or '?')[:9]} |"
+            f"{_percent(f.get('mfu'))} | {_percent(f.get('ceiling_fraction'))} | {_intensity(f)} | {_memory(f)} | "
+            f"{_commit(row)} |"
         )
+    return lines
+
+
+def _tta_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| device | framework | config | target | median seconds | spread | seeds reached | commit |",
+        "|" + "---|" * 8,
+    ]
+    for row in rows:
+        f = row["figures"]
+        lines.append(
+            f"| {_device_name(row['fingerprint'])} | {row.get('framework', 'jax')} | {row['point']['config']} | "
+            f"{row['point']['target']} | "
+            f"{f['median_seconds']:.1f} | {f['min_seconds']:.1f}–{f['max_seconds']:.1f} | "
+            f"{f['reached']}/{f['seeds']} | {_commit(row)} |"
+        )
+    return lines
+
+
+def _oom_table(rows: list[dict]) -> list[str]:
+    lines = ["| device | point | batch | stopped | error | commit |", "|" + "---|" * 6]
+    for row in rows:
+        error = str(row["figures"].get("error", "")).replace("|", "/")[:120]
+        lines.append(
+            f"| {_device_name(row['fingerprint'])} | {_label(row)} | {row['point'].get('batch_size')} | "
+            f"{row['figures']['stopped']} | {error} | {_commit(row)} |"
+        )
+    return lines
+
+
+def leaderboard(rows: list[dict]) -> str:
+    """Markdown: per device kind, model and width, the best throughput point (with MFU against the datasheet, the
+    fraction of the measured ceiling, arithmetic intensity and peak memory), then time-to-accuracy results and the
+    batch sizes that ran out of memory."""
+    lines = _throughput_table(rows)
     tta = [r for r in rows if r["kind"] == "time_to_accuracy"]
     if tta:
-        lines += [
-            "",
-            "| device | framework | config | target | median seconds | spread | seeds reached | commit |",
-            "|" + "---|" * 8,
-        ]
-        for row in tta:
-            f = row["figures"]
-            lines.append(
-                f"| {_device_name(row['fingerprint'])} | {row.get('framework', 'jax')} | {row['point']['config']} | "
-                f"{row['point']['target']} | "
-                f"{f['median_seconds']:.1f} | {f['min_seconds']:.1f}–{f['max_seconds']:.1f} | "
-                f"{f['reached']}/{f['seeds']} | {(row.get('git_commit') or '?')[:9]} |"
-            )
+        lines += ["", *_tta_table(tta)]
+    oom = [r for r in rows if r["kind"] == "out_of_memory"]
+    if oom:
+        lines += ["", "Out of memory (a batch sweep's end):", "", *_oom_table(oom)]
     return "\n".join(lines) + "\n"
 
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
-    """Throughput against batch size per device kind, and the step-time spread of every point."""
+    """Throughput against batch size per device kind, the step-time spread of every point, and the roofline
+    (:func:`harness.roofline.draw`)."""
     from harness import pictures
 
     with pictures.drawing():
-        return _plots(rows, out, pictures)
+        drawn = _plots(rows, out, pictures)
+        return [*drawn, roofline.draw(rows, Path(out) / "roofline.png", pictures, _label_batch, _device_name)]
+
+
+def _label_batch(row: dict) -> str:
+    return f"{_label(row)} b{row['point'].get('batch_size')}"
 
 
 def _plots(rows: list[dict], out: Path, pictures) -> list[Path]:
@@ -235,7 +312,7 @@ def _plots(rows: list[dict], out: Path, pictures) -> list[Path]:
             fmt="o",
             color=pictures.ACCENT,
         )
-    ax.set_yticks(range(len(points)), [f"{_label(r)} b{r['point']['batch_size']}" for r in points], fontsize=7)
+    ax.set_yticks(range(len(points)), [_label_batch(r) for r in points], fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("step time, ms (median, bars p10–p90)")
     ax.set_title("Step-time spread")

@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from harness import runtime, steps
 from harness.config import ALLOWED
-from harness.errors import ConfigError
+from harness.errors import ConfigError, OutOfMemoryError
 
 AXIS = "devices"
 STRATEGIES = ALLOWED["parallel"]  # one source: the config's allowed values
@@ -61,7 +61,7 @@ def check_memory(compiled: list, devices: list) -> None:
     needs = [n for n in (needed_bytes(c) for c in compiled) if n is not None]
     have = runtime.available_bytes(devices)
     if needs and have is not None and max(needs) > have:
-        raise ConfigError(
+        raise OutOfMemoryError(
             f"the train step needs {max(needs) / 2**30:.1f} GiB per device (XLA's estimate) but {devices[0].platform} "
             f"has {max(have, 0) / 2**30:.1f} GiB free per device: use a smaller config.batch_size (or model)"
         )

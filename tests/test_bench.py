@@ -7,8 +7,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from harness import bench, ledger
-from harness.errors import ConfigError
+from harness import bench, ledger, peaks
+from harness.errors import ConfigError, OutOfMemoryError
 
 TINY = bench.Point(model="mlp_tiny", batch_size=16, num_devices=8)
 
@@ -56,12 +56,21 @@ def test_every_mode_measures_and_makes_a_valid_row(point):
     f = bench.measure(point, windows=5, dispatches_per_window=2, warmup=1)
     assert f["examples_per_sec"] > 0 and f["step_seconds_p10"] <= f["step_seconds_median"] <= f["step_seconds_p90"]
     assert f["flops_per_example"] > 0 and f["loss_finite"]
-    if bench.cpu_peak(point.dtype)[0] is None:  # /proc/cpuinfo without a clock: the peak is unknown
+    # the roofline's coordinates: the whole step's FLOPs and bytes (per-device program × devices), and rates
+    assert f["flops_per_step"] > 0 and f["bytes_per_step"] > 0 and f["devices"] == (point.num_devices or 1)
+    assert f["flops_per_example"] == pytest.approx(f["flops_per_step"] / point.batch_size)
+    assert f["arithmetic_intensity"] == pytest.approx(f["flops_per_step"] / f["bytes_per_step"])
+    assert f["achieved_flops_per_sec"] == pytest.approx(f["flops_per_step"] / f["step_seconds_median"])
+    peak = peaks.cpu_peak(point.dtype)[0]  # the whole CPU's, however many fake devices share it
+    if peak is None:  # a CPU this harness has no FLOP/cycle for: no MFU
         assert f["mfu"] == "n/a"
     else:
-        assert isinstance(f["mfu"], float) and 0 < f["mfu"] < 1
+        assert f["mfu"] == pytest.approx(f["achieved_flops_per_sec"] / peak) and 0 < f["mfu"] < 1
+    assert f["ceiling_fraction"] == pytest.approx(f["achieved_flops_per_sec"] / f["ceiling_flops_per_sec"])
+    assert f["host_peak_rss_bytes"] > 2**20
     row = ledger.make_row("throughput", dataclasses.asdict(point), f)
     assert ledger.validate(row) == [] and row["fingerprint"]["cpu_cores"] >= 1
+    assert row["fingerprint"]["ceiling"][f"{point.dtype}_flops_per_sec"] == f["ceiling_flops_per_sec"]
 
 
 def test_flops_per_example_match_the_model():
@@ -108,13 +117,70 @@ def test_sweep_stops_after_patience_sizes_without_min_gain(monkeypatch, throughp
     assert tried == [(b, throughputs[b]) for b in sizes]
 
 
-def test_sweep_ends_at_out_of_memory_and_raises_other_runtime_errors(monkeypatch):
-    for message in ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB", "CUDA: out of memory"):
-        oom = jax.errors.JaxRuntimeError(message)
-        assert _sweep_with(monkeypatch, {16: 100, 32: 200, 64: oom, 128: 999}) == [(16, 100), (32, 200), (64, None)]
-        assert bench.sweep(TINY)[-1]["stopped"] == "out of memory"  # still measuring with the fake
-    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
-        _sweep_with(monkeypatch, {16: 100, 32: jax.errors.JaxRuntimeError("INTERNAL: something else")})
+@pytest.mark.parametrize(
+    "oom",
+    [
+        jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB\nmore"),
+        jax.errors.JaxRuntimeError("CUDA: out of memory"),
+        OutOfMemoryError("the train step needs 9.0 GiB per device (XLA's estimate) but cpu has 1.0 GiB free"),
+        MemoryError(),
+    ],
+    ids=["xla", "cuda", "harness-check", "host"],
+)
+def test_sweep_ends_at_out_of_memory(monkeypatch, oom):
+    assert _sweep_with(monkeypatch, {16: 100, 32: 200, 64: oom, 128: 999}) == [(16, 100), (32, 200), (64, None)]
+    last = bench.sweep(TINY)[-1]  # still measuring with the fake
+    assert last["stopped"] == "out of memory" and last["point"].batch_size == 64
+    assert last["error"] == (str(oom).splitlines() or ["MemoryError"])[0]
+
+
+@pytest.mark.parametrize("error", [jax.errors.JaxRuntimeError("INTERNAL: something else"), ConfigError("bad")])
+def test_sweep_raises_other_errors(monkeypatch, error):
+    with pytest.raises(type(error), match=str(error)):
+        _sweep_with(monkeypatch, {16: 100, 32: error})
+
+
+def test_cli_sweep_records_the_out_of_memory_point(monkeypatch, capsys, tmp_path):
+    """`harness bench sweep` with a fake measure that runs out of memory at batch 64: rows for 16 and 32, a row
+    saying batch 64 ran out of memory, the best (32); no traceback, and the report lists the stop."""
+    real = bench.measure(TINY, windows=5, dispatches_per_window=1, warmup=1)  # figures of the right shape
+
+    def measure(point, **_):
+        if point.batch_size == 64:
+            raise OutOfMemoryError("the train step needs 9.0 GiB per device (XLA's estimate) but cpu has 1.0 GiB free")
+        return {**real, "examples_per_sec": 100.0 * point.batch_size}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    argv = ["sweep", "--models", "mlp_tiny", "--batch-sizes", "16", "--num-devices", "8", "--ledger", str(tmp_path)]
+    rc, out, err = bench_cli_run(capsys, *argv)
+    assert (rc, err) == (0, "") and "batch 64: out of memory, the sweep stops here (the train step needs 9.0" in out
+    rows = ledger.read(tmp_path)
+    assert [(r["kind"], r["point"]["batch_size"]) for r in rows] == [
+        ("throughput", 16),
+        ("throughput", 32),
+        ("out_of_memory", 64),
+        ("sweep_best", 32),
+    ]
+    assert rows[2]["figures"] == {"stopped": "out of memory", "error": rows[2]["figures"]["error"]}
+    assert "Out of memory" in ledger.leaderboard(rows) and "| 64 | out of memory |" in ledger.leaderboard(rows)
+
+
+def test_cli_sweep_where_nothing_fits(monkeypatch, capsys, tmp_path):
+    """The compiled step checked against free memory (1 byte here) before it runs: the sweep's first size is an
+    ``out_of_memory`` row, no best, exit 0, no traceback."""
+    from harness import runtime
+
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 1)
+    argv = ["sweep", "--models", "mlp_tiny", "--batch-sizes", "16", "--num-devices", "8", "--ledger", str(tmp_path)]
+    rc, out, err = bench_cli_run(capsys, *argv)
+    assert (rc, err) == (0, "") and "no batch size from 16 fit in memory" in out
+    (row,) = ledger.read(tmp_path)
+    assert (row["kind"], row["point"]["batch_size"], row["figures"]["stopped"]) == (
+        "out_of_memory",
+        16,
+        "out of memory",
+    )
+    assert "per device (XLA's estimate)" in row["figures"]["error"]
 
 
 def test_time_to_accuracy_on_tiny_data(tiny_data_dir):
@@ -141,50 +207,9 @@ def test_bad_points_are_refused():
         bench.measure(TINY, windows=3)
 
 
-def test_peak_table():
-    assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")[0] == 989.4e12
-    assert bench.peak_flops("weird accelerator", "float32") == (None, None)
-
-
-def _fake_cpuinfo(monkeypatch, tmp_path, text: str | None) -> None:
-    """``bench`` reads ``text`` as /proc/cpuinfo (None: unreadable) on a process allowed 2 cores."""
-    fake = tmp_path / "cpuinfo"
-    if text is not None:
-        fake.write_text(text)
-    monkeypatch.setattr(bench, "Path", lambda p: fake if str(p) == "/proc/cpuinfo" else Path(p))
-    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1})
-
-
-@pytest.mark.parametrize(
-    ("flags", "dtype", "per_cycle", "unit"),
-    [
-        ("fpu sse2", "float32", 8, "vector units"),
-        ("fpu avx2 fma", "float32", 32, "vector units"),
-        ("fpu avx2 fma", "bfloat16", 32, "vector units"),
-        ("avx2 fma avx512f avx512_bf16", "float32", 64, "vector units"),
-        ("avx2 fma avx512f avx512_bf16", "bfloat16", 128, "vector units"),
-        ("avx2 fma avx512f avx512_bf16 amx_bf16", "bfloat16", 1024, "AMX"),
-    ],
-)
-def test_cpu_peak_from_a_fixed_cpuinfo(monkeypatch, tmp_path, flags, dtype, per_cycle, unit):
-    _fake_cpuinfo(
-        monkeypatch, tmp_path, f"processor\t: 0\nmodel name\t: Fake CPU\ncpu MHz\t\t: 2000.000\nflags\t\t: {flags}\n"
-    )
-    peak, source = bench.peak_flops("cpu", dtype)
-    assert peak == 2 * 2000e6 * per_cycle
-    assert source == f"computed: 2 cores × 2000 MHz × {per_cycle} {dtype} FLOP/cycle ({unit})"
-
-
-@pytest.mark.parametrize("text", ["processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n", None])
-def test_cpu_peak_is_unknown_without_a_clock(monkeypatch, tmp_path, text):
-    """An Arm /proc/cpuinfo has no 'cpu MHz' line (and a sandbox may hide the file): no peak, no MFU."""
-    _fake_cpuinfo(monkeypatch, tmp_path, text)
-    assert bench.cpu_info()["mhz"] is None
-    assert bench.cpu_peak("float32") == bench.peak_flops("cpu", "bfloat16") == (None, None)
-
-
-def test_mfu_is_na_when_the_cpu_peak_is_unknown(monkeypatch, tmp_path):
-    _fake_cpuinfo(monkeypatch, tmp_path, None)
+def test_mfu_is_na_when_the_cpu_peak_is_unknown(monkeypatch):
+    """A CPU without a known FLOP/cycle (here: /proc/cpuinfo unreadable) gives no MFU, and the row is still valid."""
+    monkeypatch.setattr(peaks, "cpu_info", lambda: peaks.CpuInfo(cores=2))
     f = bench.measure(TINY, windows=5, dispatches_per_window=1, warmup=1)
     assert f["mfu"] == "n/a" and f["examples_per_sec"] > 0
     assert ledger.validate(ledger.make_row("throughput", dataclasses.asdict(TINY), f)) == []

@@ -2,11 +2,13 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 from test_explore import assert_picture
+from test_peaks import ZEN4_EPYC
 
-from harness import cli, ledger
+from harness import ceiling, cli, ledger, peaks
 
 FP = {
     "platform": "cpu",
@@ -20,6 +22,7 @@ FP = {
     "xla_flags": "",
     "cpu_model": "Xeon",
     "cpu_cores": 2,
+    "ceiling": {"per": "cpu", "float32_flops_per_sec": 2e11, "bfloat16_flops_per_sec": 1e11, "bytes_per_sec": 4e10},
 }
 
 
@@ -41,7 +44,13 @@ def _row(model="mlp", bs=128, eps=1000.0, data="device"):
         "step_seconds_p10": step * 0.9,
         "step_seconds_p90": step * 1.1,
         "mfu": 0.1,
+        "ceiling_fraction": 0.25,
         "compile_seconds": 1.0,
+        "devices": 8,
+        "arithmetic_intensity": 10.0 if model == "mlp" else 40.0,
+        "achieved_flops_per_sec": eps * 1e6,
+        "peak_flops_per_device": 3.2e11,
+        "host_peak_rss_bytes": 3 * 2**30,
     }
     return ledger.make_row("throughput", point, figures, fp=copy.deepcopy(FP))
 
@@ -75,13 +84,54 @@ def test_a_garbage_ledger_line_is_skipped_with_a_warning(fixture_ledger, capsys)
 def test_leaderboard_picks_the_best_batch(fixture_ledger):
     table = ledger.leaderboard(ledger.read(fixture_ledger))
     mlp = next(line for line in table.splitlines() if "| mlp |" in line)
-    assert "| 1,000 |" in mlp and "| 128 |" in mlp and "10.0%" in mlp
+    assert "| 1,000 |" in mlp and "| 128 |" in mlp and "| 10.0% | 25.0% | 10.0 | 3.00 GiB (host RSS) |" in mlp
     assert "Xeon, 2 cores" in mlp
 
 
 def test_plots(fixture_ledger, tmp_path):
-    for path in ledger.plots(ledger.read(fixture_ledger), tmp_path / "plots"):
+    paths = ledger.plots(ledger.read(fixture_ledger), tmp_path / "plots")
+    assert [p.name for p in paths] == ["throughput_vs_batch.png", "step_time_spread.png", "roofline.png"]
+    for path in paths:
         assert_picture(path)
+
+
+def test_the_roofline_of_a_tiny_ledger(fixture_ledger):
+    from harness import roofline
+
+    rows = ledger.read(fixture_ledger)
+    panels = roofline.panels(rows, ledger._device_name)
+    assert list(panels) == ["cpu × 8 (Xeon, 2 cores), 8 device(s)"] and len(panels[next(iter(panels))]) == 4
+    compute, memory = roofline.ceilings(rows)
+    assert compute == {("float32", "datasheet"): 3.2e11, ("float32", "measured"): 2e11} and memory == {"measured": 4e10}
+
+
+def test_committed_rows_still_load_and_report(tmp_path):
+    """Rows written before the roofline, ceiling and memory figures existed: read, reported, "n/a" where missing."""
+    committed = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "cpu.jsonl"
+    (tmp_path / "cpu.jsonl").write_text(committed.read_text())
+    rows = ledger.read(tmp_path)
+    assert len(rows) == len(committed.read_text().splitlines()) > 10
+    header, _, *lines = [[c.strip() for c in line.split("|")] for line in ledger.leaderboard(rows).splitlines()[:6]]
+    for cells in lines:
+        assert cells[header.index("of ceiling")] == cells[header.index("FLOP/byte")] == "n/a"
+        assert cells[header.index("MFU")].endswith("%")  # what the row stored then
+    for path in ledger.plots(rows, tmp_path / "plots"):
+        assert_picture(path)
+
+
+def test_the_fingerprint_carries_the_cpu_and_the_measured_ceiling(monkeypatch):
+    calibration = ceiling.calibrate(matmul_size=64, copy_elements=2**12)
+    monkeypatch.setattr(ceiling, "measured", lambda: calibration)
+    monkeypatch.setattr(peaks, "cpu_info", lambda: peaks.parse_cpuinfo(ZEN4_EPYC, cores=2))
+    fp = ledger.fingerprint()
+    assert fp["ceiling"] == calibration and fp["ceiling"]["float32_flops_per_sec"] > 0
+    assert (fp["cpu_vendor"], fp["cpu_family"], fp["cpu_model_number"]) == ("AuthenticAMD", 25, 17)
+    assert fp["cpu_microarchitecture"] == "Zen 3/Zen 4" and fp["cpu_features"] == [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+    ]
 
 
 def test_compare_flags_a_drop_beyond_tolerance(fixture_ledger):
