@@ -12,15 +12,18 @@ peak RSS. A batch sweep ends at the first size that runs out of memory and says 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from harness import config as config_lib
@@ -30,8 +33,11 @@ from harness.build import build
 from harness.data import batches
 from harness.errors import ConfigError, OutOfMemoryError
 
-DATA_MODES = ("device", "host")
-SYNTHETIC_EXAMPLES = 60000  # device-resident examples: as many as the MNIST-format training splits
+# device: random examples as many as a training split, resident on the device, each step gathering its batch in
+# training's order; host: those batches gathered in numpy and sent with each step; synthetic: one batch generated
+# on the device (any size, no host copy), the same every step: pure compute.
+DATA_MODES = ("device", "host", "synthetic")
+RESIDENT_EXAMPLES = 60000  # device mode: as many as the MNIST-format training splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Point:
     num_devices: int = 0
     conv: str = "auto"
     micro_batches: int = 0
+    width: int = 1  # multiplies the model's widths (config.width)
 
 
 def resolve(point: Point) -> Point:
@@ -66,7 +73,7 @@ def _config(point: Point) -> Any:
     c = config_lib.base_config()
     c.update(model=point.model, batch_size=point.batch_size, dtype=point.dtype, parallel=point.parallel)
     c.conv, c.micro_batches = point.conv, point.micro_batches
-    c.num_devices = point.num_devices
+    c.num_devices, c.width = point.num_devices, point.width
     return c
 
 
@@ -125,6 +132,16 @@ def summarize(step_times: list[float], batch_size: int, devices: int = 1, chips:
     }
 
 
+def synthetic_examples(n: int, seed: int = 0) -> dict:
+    """``n`` random uint8 images and labels from ``jax.random`` (deterministic; to run on the devices:
+    :meth:`harness.parallel.Parallel.generate`)."""
+    image_key, label_key = jax.random.split(jax.random.key(seed))
+    return {
+        "image": jax.random.bits(image_key, (n, 28, 28, 1), jnp.uint8),
+        "label": jax.random.randint(label_key, (n,), 0, 10, jnp.int32),
+    }
+
+
 class _Runner:
     """Holds the placed state and data of one point and dispatches its steps."""
 
@@ -139,17 +156,26 @@ class _Runner:
         self.plan = dataclasses.replace(plan, steps_per_dispatch=point.steps_per_dispatch)
         run = build(self.config, devices, plan=self.plan, steps_per_epoch=1000)
         self.par, self.state = run.par, run.state
+        self.params = sum(int(np.size(p)) for p in jax.tree.leaves(run.host_state.params))
+        self.cursor = 0
+        if point.data == "synthetic":  # one batch made on the devices, every step's indices the same
+            self.n, self.host = point.batch_size, None
+            self.data = self.par.generate(partial(synthetic_examples, point.batch_size, seed))
+            self.fixed = self.par.shard_indices(self._indices())
+            return
         rng = np.random.default_rng(seed)
-        self.n = max(SYNTHETIC_EXAMPLES, 2 * point.batch_size)
+        self.n = max(RESIDENT_EXAMPLES, 2 * point.batch_size)
         self.host = {
             "image": rng.integers(0, 256, (self.n, 28, 28, 1), dtype=np.uint8),
             "label": rng.integers(0, 10, self.n).astype(np.int32),
         }
         self.data = self.par.replicate(self.host) if point.data == "device" else None
-        self.cursor = 0
 
     def _indices(self) -> np.ndarray:
         k, bs = self.point.steps_per_dispatch, self.point.batch_size
+        if self.point.data == "synthetic":
+            every = np.arange(bs, dtype=np.int32)
+            return every if k == 1 else np.tile(every, (k, 1))
         spe = batches.steps_per_epoch(self.n, bs) - 1  # full batches only: every step does the same work
         rows = []
         for _ in range(k):
@@ -159,7 +185,10 @@ class _Runner:
         return rows[0] if k == 1 else np.stack(rows)
 
     def args(self) -> tuple:
-        """The arguments of the next dispatch (host mode: gathers the batch on the host and sends it)."""
+        """The arguments of the next dispatch (host mode: gathers the batch on the host and sends it; synthetic
+        data: the same placed indices every time, nothing sent)."""
+        if self.point.data == "synthetic":
+            return self.data, self.fixed
         idx = self._indices()
         if self.point.data == "host":
             batch = {"image": self.host["image"][idx], "label": self.host["label"][idx]}
@@ -179,7 +208,8 @@ class _Runner:
         ``lax.scan`` program (fused steps, micro-batches) counts its body once, so when ``compiled`` is one of those
         the plain step of the same point is compiled and analysed instead."""
         if self.name != "train" or self.plan.micro_batches != 1:
-            plain = _Runner(dataclasses.replace(self.point, steps_per_dispatch=1, data="device", micro_batches=1))
+            data = "synthetic" if self.point.data == "synthetic" else "device"
+            plain = _Runner(dataclasses.replace(self.point, steps_per_dispatch=1, data=data, micro_batches=1))
             indices = plain.par.shard_indices(plain._indices())
             compiled = plain.par.lower("train", plain.state, plain.data, indices).compile()
         return roofline.cost(compiled.cost_analysis())  # pmap and jit alike: the per-device program
@@ -222,6 +252,7 @@ def measure(
         "plan": runner.plan.to_dict(),
         "conv_impl": runner.plan.conv,
         "micro_batches": runner.plan.micro_batches,
+        "params": runner.params,
         "compile_seconds": compile_seconds,
         "time_to_first_step_seconds": time_to_first_step,
         **summarize(step_times, point.batch_size, len(devices), _chips(devices)),
@@ -243,18 +274,16 @@ def grid(
     steps_per_dispatch: list[int],
     num_devices: int = 0,
     convs: tuple[str, ...] = ("auto",),
+    widths: Sequence[int] = (1,),
 ) -> Iterator[Point]:
-    """Every combination, skipping fused steps with host data (not supported)."""
-    for m in models_:
-        for bs in batch_sizes:
-            for dt in dtypes:
-                for par in strategies:
-                    for data in data_modes:
-                        for k in steps_per_dispatch:
-                            if data == "host" and k > 1:
-                                continue
-                            for conv in convs if models.family(m) == "cnn" else ("auto",):
-                                yield Point(m, bs, dt, par, data, k, num_devices, conv)
+    """Every combination, model by model and width by width (the scale axis), skipping fused steps with host data
+    (not supported); convolution variants apply to CNNs only."""
+    axes = (models_, widths, batch_sizes, dtypes, strategies, data_modes, steps_per_dispatch)
+    for m, w, bs, dt, par, data, k in itertools.product(*axes):
+        if data == "host" and k > 1:
+            continue
+        for conv in convs if models.family(m) == "cnn" else ("auto",):
+            yield Point(m, bs, dt, par, data, k, num_devices, conv, width=w)
 
 
 def out_of_memory(error: BaseException) -> bool:

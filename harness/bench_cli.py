@@ -75,6 +75,7 @@ def _points(args) -> list[bench.Point]:
             _steps_per_dispatch(args.steps_per_dispatch),
             args.num_devices,
             tuple(_words(args.conv, "conv", ALLOWED["conv"])),
+            _ints(args.widths, "widths"),
         )
     )
     return [bench.resolve(dataclasses.replace(p, micro_batches=args.micro_batches)) for p in points]
@@ -87,12 +88,27 @@ def _steps_per_dispatch(text: str) -> list[int]:
     return _ints(text, "steps-per-dispatch")
 
 
+def _count(n: float) -> str:
+    """``n`` in a few characters: 824k, 3.3M, 1.2G."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _scale(point: bench.Point, f: dict) -> str:
+    """The model's size: width multiplier, parameters, FLOPs per example and the FLOP/s achieved."""
+    flops = f.get("flops_per_example")
+    work = f"{_count(flops):>5} FLOP/ex {_count(flops * f['examples_per_sec']):>5} FLOP/s" if flops else "FLOPs n/a"
+    return f"w{point.width:<3} {_count(f['params']):>5} params  {work:<26}"
+
+
 def _describe(point: bench.Point, f: dict) -> str:
     mfu = f"{f['mfu']:.1%}" if isinstance(f["mfu"], float) else "n/a"
     of_ceiling = f"{f['ceiling_fraction']:.1%}" if isinstance(f.get("ceiling_fraction"), float) else "n/a"
     return (
-        f"{point.model:<8} b{point.batch_size:<6} {point.dtype:<8} {point.parallel:<4} {point.data:<6} "
-        f"{f['conv_impl'] + '/' + str(f['micro_batches']) if f['plan']['family'] == 'cnn' else '':<8} "
+        f"{point.model:<8} {_scale(point, f)}  b{point.batch_size:<6} {point.dtype:<8} {point.parallel:<4} "
+        f"{point.data:<9} {f['conv_impl'] + '/' + str(f['micro_batches']) if f['plan']['family'] == 'cnn' else '':<8} "
         f"×{point.steps_per_dispatch:<3} {f['examples_per_sec']:>12,.0f} ex/s  "
         f"step {f['step_seconds_median'] * 1e3:8.2f} ms "
         f"(p10 {f['step_seconds_p10'] * 1e3:.2f}, p90 {f['step_seconds_p90'] * 1e3:.2f})  compile "

@@ -92,7 +92,15 @@ def _add_bench(sub) -> None:
     b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
     b.add_argument("--dtypes", default="float32")
     b.add_argument("--parallel", default="pmap", help="pmap, jit or both: pmap,jit")
-    b.add_argument("--data", default="device", help="device, host or both: device,host")
+    b.add_argument(
+        "--widths", default="1", help="comma-separated multipliers of the models' widths, e.g. 1,4,16 (default 1)"
+    )
+    b.add_argument(
+        "--data",
+        default="device",
+        help="device (a device-resident training-size set, default), host (batches sent from the host), "
+        "synthetic (one batch generated on the device: pure compute); comma-separated",
+    )
     b.add_argument(
         "--steps-per-dispatch",
         default="auto",

@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # '' = tfds' default (TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.model = "cnn"
     c.mlp_hidden = (128,)  # hidden layer sizes of the `mlp` model
+    c.cnn_channels = (32, 64)  # output channels of the `cnn` model's two convolutions
+    c.cnn_dense = 256  # units of the `cnn` model's hidden dense layer
+    c.width = 1  # multiplies every width of the model (MLP hidden sizes, CNN channels and dense units)
     c.dtype = "float32"  # compute dtype; parameters are always float32
     c.conv = "auto"  # convolutions: auto (slices on CPU, xla on GPU/TPU), xla, slices
     c.steps_per_dispatch = 0  # train steps run by one device call; 0 = auto (16 on one CPU device, else 1)
@@ -188,6 +191,23 @@ def _dataset(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.dataset={name!r}: allowed: {catalog.allowed_text(data_dir)}")
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _scale(config: ml_collections.ConfigDict) -> None:
+    """The model's widths: ``mlp_hidden`` (any number of sizes), ``cnn_channels`` (two), ``cnn_dense`` and the
+    ``width`` multiplier, all positive integers."""
+    hidden, channels = config.mlp_hidden, config.cnn_channels
+    if not isinstance(hidden, tuple | list) or not all(_is_count(h) for h in hidden):
+        raise ConfigError(f"config.mlp_hidden={hidden!r}: must be positive integers, e.g. 256,128")
+    if not isinstance(channels, tuple | list) or len(channels) != 2 or not all(_is_count(c) for c in channels):
+        raise ConfigError(f"config.cnn_channels={channels!r}: must be two positive integers, e.g. 32,64")
+    for key in ("cnn_dense", "width"):
+        if not _is_count(config[key]):
+            raise ConfigError(f"config.{key}={config[key]!r}: must be a positive integer")
+
+
 SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what numpy's generators and jax.random.key both take
 
 
@@ -223,8 +243,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         )
     _steps_per_dispatch(config)
     _seed(config)
-    if not all(isinstance(h, int) and h > 0 for h in config.mlp_hidden):
-        raise ConfigError(f"config.mlp_hidden={config.mlp_hidden!r}: must be positive integers")
+    _scale(config)
     if not 0 <= config.warmup_fraction < 1:
         raise ConfigError(f"config.warmup_fraction={config.warmup_fraction}: must be in [0, 1) (a share of the run)")
     for key in ("checkpoint_every_steps", "keep_best"):

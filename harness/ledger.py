@@ -320,6 +320,14 @@ def _plots(rows: list[dict], out: Path, pictures) -> list[Path]:
     return [throughput, pictures.save(fig, Path(out) / "step_time_spread.png")]
 
 
+POINT_DEFAULTS = {"width": 1}  # point keys added later, at the value that rows written before them measured
+
+
+def same_point(a: dict, b: dict) -> bool:
+    """Whether two rows' points are the same point (a key a row predates counts at its default)."""
+    return {**POINT_DEFAULTS, **a} == {**POINT_DEFAULTS, **b}
+
+
 def compare(fresh: list[dict], baseline: list[dict], tolerance: float) -> tuple[list[str], int]:
     """(regressions of ``fresh`` against the ``baseline`` rows of the same machine and point, points matched)."""
     problems, matched = [], 0
@@ -328,7 +336,7 @@ def compare(fresh: list[dict], baseline: list[dict], tolerance: float) -> tuple[
             b
             for b in baseline
             if b["kind"] == row["kind"]
-            and b["point"] == row["point"]
+            and same_point(b["point"], row["point"])
             and machine_key(b["fingerprint"]) == machine_key(row["fingerprint"])
         ]
         if row["kind"] == "time_to_accuracy":

@@ -96,8 +96,17 @@ class CNN(nnx.Module):
         return self.out(x).astype(jnp.float32)
 
 
+def _times(sizes: Sequence[int], config) -> tuple[int, ...]:
+    """``sizes`` multiplied by ``config.width`` (the model-scale axis of ``harness bench --widths``)."""
+    return tuple(int(s) * config.width for s in sizes)
+
+
 def _mlp(config, dtype, conv, rngs):
-    return MLP(tuple(config.mlp_hidden), dtype=dtype, rngs=rngs)
+    return MLP(_times(config.mlp_hidden, config), dtype=dtype, rngs=rngs)
+
+
+def _cnn(config, dtype, conv, rngs):
+    return CNN(_times(config.cnn_channels, config), config.cnn_dense * config.width, dtype=dtype, conv=conv, rngs=rngs)
 
 
 FAMILIES = ("mlp", "cnn")  # a "cnn" has convolutions: the conv implementation and micro-batch policy apply
@@ -113,9 +122,15 @@ class Entry:
 
 MODELS: dict[str, Entry] = {
     "mlp": Entry("mlp", _mlp),
-    "cnn": Entry("cnn", lambda config, dtype, conv, rngs: CNN(dtype=dtype, conv=conv, rngs=rngs)),
-    "mlp_tiny": Entry("mlp", lambda config, dtype, conv, rngs: MLP((16,), dtype=dtype, rngs=rngs)),
-    "cnn_tiny": Entry("cnn", lambda config, dtype, conv, rngs: CNN((4, 8), 16, dtype=dtype, conv=conv, rngs=rngs)),
+    "cnn": Entry("cnn", _cnn),
+    # the tiny test models: fixed sizes, times config.width too
+    "mlp_tiny": Entry("mlp", lambda config, dtype, conv, rngs: MLP(_times((16,), config), dtype=dtype, rngs=rngs)),
+    "cnn_tiny": Entry(
+        "cnn",
+        lambda config, dtype, conv, rngs: CNN(
+            _times((4, 8), config), 16 * config.width, dtype=dtype, conv=conv, rngs=rngs
+        ),
+    ),
 }
 
 

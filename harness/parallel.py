@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -135,6 +136,18 @@ class Parallel:
             return jax.tree.map(lambda x: self._global(np.asarray(x), REPL), tree)
         n = self.num_devices
         return jax.tree.map(lambda x: self._global(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), SPLIT), tree)
+
+    def generate(self, make: Callable[[], Any]) -> Any:
+        """Runs ``make`` (e.g. ``jax.random`` draws) on the devices and lays its pytree out as :meth:`replicate`
+        would: data made where it is used, never sent from the host."""
+        if self.kind == "jit":
+            return jax.jit(make, out_shardings=self._sharding(REPL))()
+        n = self.num_devices
+
+        def stacked():  # pmap's layout: one copy per device along a leading axis
+            return jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (n, *x.shape)), make())
+
+        return jax.jit(stacked, out_shardings=self._sharding(SPLIT))()
 
     def unreplicate(self, tree: Any) -> Any:
         """One host copy (numpy) of a replicated pytree — never pmap's per-device copies."""

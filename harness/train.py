@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from harness import config as config_lib
 from harness import hooks as hooks_lib
 from harness import plan as plan_lib
 from harness import runtime, steps
@@ -31,6 +32,9 @@ TRAJECTORY_KEYS = (
     "dataset",
     "model",
     "mlp_hidden",
+    "cnn_channels",
+    "cnn_dense",
+    "width",
     "dtype",
     "batch_size",
     "optimizer",
@@ -89,9 +93,11 @@ def default_hooks(config, workdir: Path, print_fn: Callable[[str], Any] = print)
 
 
 def trajectory_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-    """``key (old → new)`` for every trajectory key that differs between a saved config and ``config``."""
+    """``key (old → new)`` for every trajectory key that differs between a saved config and ``config`` (a key the
+    saved config predates counts as today's default)."""
     keys = list(TRAJECTORY_KEYS) + (["num_epochs"] if config.schedule != "constant" else [])
     current = json.loads(config.to_json_best_effort())
+    saved = {**json.loads(config_lib.base_config().to_json_best_effort()), **saved}
     return [f"{k} ({saved.get(k)!r} → {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
 
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from harness import bench, ledger, peaks
@@ -198,6 +199,68 @@ def test_time_to_accuracy_on_tiny_data(tiny_data_dir):
     assert ledger.validate(row) == []
 
 
+def _mlp_tiny_params(width: int) -> int:
+    return 784 * 16 * width + 16 * width + 16 * width * 10 + 10
+
+
+def test_grid_has_a_width_axis_inside_each_model():
+    points = list(bench.grid(["mlp", "cnn_tiny"], [8, 16], ["float32"], ["pmap"], ["synthetic"], [1], widths=[1, 4]))
+    assert [(p.model, p.width, p.batch_size) for p in points] == [
+        (m, w, b) for m in ("mlp", "cnn_tiny") for w in (1, 4) for b in (8, 16)
+    ]
+    assert {p.data for p in points} == {"synthetic"}
+    assert [p.width for p in bench.grid(["mlp"], [8], ["float32"], ["pmap"], ["device"], [1])] == [1]
+
+
+@pytest.mark.parametrize("kind", ["pmap", "jit"])
+def test_synthetic_data_is_made_on_the_devices_once(monkeypatch, kind):
+    """A synthetic point needs no data on the host: one batch generated on the devices (deterministic), the same
+    placed indices every dispatch, nothing sent per step."""
+    from harness import parallel
+
+    point = bench.resolve(dataclasses.replace(TINY, parallel=kind, data="synthetic", steps_per_dispatch=2))
+    runner = bench._Runner(point)
+    assert runner.host is None and runner.n == point.batch_size
+    first = runner.args()
+    sent = []
+    for name in ("replicate", "shard_indices", "shard_batch"):
+        monkeypatch.setattr(parallel.Parallel, name, lambda *a, name=name: sent.append(name))
+    assert all(a is b for a, b in zip(runner.args(), first, strict=True)) and sent == []
+    images = np.asarray(runner.data["image"]).reshape(-1, point.batch_size, 28, 28, 1)[0]  # pmap: copy 0
+    np.testing.assert_array_equal(images, np.asarray(bench.synthetic_examples(point.batch_size)["image"]))
+    assert images.dtype == np.uint8 and len(np.unique(images)) > 200  # random bytes, not a constant
+    indices = np.asarray(first[1])  # [steps, batch]; pmap's: [devices, steps, batch / devices]
+    indices = indices.transpose(1, 0, 2).reshape(2, -1) if kind == "pmap" else indices
+    assert indices.tolist() == [list(range(16))] * 2  # each step: every example of the batch
+
+
+def test_synthetic_points_measure_without_any_dataset(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HARNESS_OFFLINE", "1")
+    point = dataclasses.replace(TINY, data="synthetic", batch_size=24, num_devices=1, steps_per_dispatch=3)
+    f = bench.measure(point, windows=5, dispatches_per_window=1, warmup=1)
+    assert f["examples_per_sec"] > 0 and f["loss_finite"] and f["flops_per_example"] > 0
+    assert f["params"] == _mlp_tiny_params(1) and not (tmp_path / "empty").exists()
+
+
+def test_widths_rows_carry_the_width_and_parameter_count(capsys, tmp_path):
+    """`harness bench --widths 1,3`: one row per width, each with its width, exact parameter count and FLOPs per
+    example (rising with the width), on synthetic data; printed lines name them too."""
+    argv = ["run", "--models", "mlp_tiny", "--widths", "1,3", "--batch-sizes", "16", "--data", "synthetic"]
+    rc, out, err = bench_cli_run(capsys, *argv, "--windows", "5", "--dispatches", "1", "--ledger", str(tmp_path))
+    assert (rc, err) == (0, "")
+    rows = ledger.read(tmp_path)
+    assert [(r["point"]["width"], r["point"]["data"], r["figures"]["params"]) for r in rows] == [
+        (1, "synthetic", _mlp_tiny_params(1)),
+        (3, "synthetic", _mlp_tiny_params(3)),
+    ]
+    narrow, wide = (r["figures"]["flops_per_example"] for r in rows)
+    assert 2.5 * narrow < wide < 3.5 * narrow  # FLOPs grow with the hidden layer, about 3×
+    lines = [line for line in out.splitlines() if line.startswith("mlp_tiny")]
+    assert len(lines) == 2 and "w1 " in lines[0] and "12.7k params" in lines[0]
+    assert "w3 " in lines[1] and "38.2k params" in lines[1]
+
+
 def test_bad_points_are_refused():
     with pytest.raises(ConfigError, match="allowed: device, host"):
         bench.measure(dataclasses.replace(TINY, data="disk"))
@@ -250,6 +313,11 @@ def bench_cli_run(capsys, *argv):
         (["run", "--num-devices", "-1"], "--num-devices=-1: must be 0 (auto) or positive"),
         (["run", "--micro-batches", "-2"], "--micro-batches=-2"),
         (["run", "--steps-per-dispatch", "auto,2"], "--steps-per-dispatch='auto,2'"),
+        (["run", "--widths", "0"], "--widths='0': expected positive integers"),
+        (["run", "--widths", "1,-4"], "--widths='1,-4': expected positive integers"),
+        (["run", "--widths", "2x"], "--widths='2x': expected comma-separated integers"),
+        (["sweep", "--widths", ","], "--widths=','"),
+        (["run", "--data", "dataset"], "--data='dataset': allowed: device, host, synthetic"),
     ],
 )
 def test_bad_arguments_are_one_line_before_any_measurement(no_measuring, capsys, tmp_path, argv, fragment):

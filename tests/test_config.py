@@ -71,6 +71,38 @@ def test_unparsable_overrides(override, match):
         config_lib.load("smoke", [override])
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("cnn_channels", (32,), r"config.cnn_channels=\(32,\): must be two positive integers, e.g. 32,64$"),
+        ("cnn_channels", (32, 64, 128), r"config.cnn_channels=\(32, 64, 128\): must be two positive integers"),
+        ("cnn_channels", (0, 64), r"config.cnn_channels=\(0, 64\)"),
+        ("cnn_channels", 32, "config.cnn_channels=32"),
+        ("cnn_dense", 0, "config.cnn_dense=0: must be a positive integer$"),
+        ("cnn_dense", 2.5, "config.cnn_dense=2.5"),
+        ("width", 0, "config.width=0: must be a positive integer$"),
+        ("width", -2, "config.width=-2"),
+        ("width", True, "config.width=True"),
+        ("mlp_hidden", (128, 0), r"config.mlp_hidden=\(128, 0\): must be positive integers, e.g. 256,128$"),
+    ],
+)
+def test_bad_model_widths_are_one_line(key, value, match):
+    c = config_lib.base_config()
+    with c.ignore_type():  # a config file may set any type
+        c[key] = value
+    with pytest.raises(ConfigError, match=match) as e:
+        config_lib.validate(c, 1)
+    assert "\n" not in str(e.value)
+
+
+def test_width_keys_from_the_command_line():
+    c = config_lib.load("smoke", ["cnn_channels=16,32", "cnn_dense=64", "width=4"])
+    assert (tuple(c.cnn_channels), c.cnn_dense, c.width) == ((16, 32), 64, 4)
+    config_lib.validate(c, 1)
+    with pytest.raises(ConfigError, match=r"config.width='wide': expected an integer$"):
+        config_lib.load("smoke", ["width=wide"])
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
 def test_seed_outside_what_the_generators_take_is_refused(seed):
     c = config_lib.base_config()

@@ -145,6 +145,16 @@ def test_compare_flags_a_drop_beyond_tolerance(fixture_ledger):
     assert ledger.compare([other], baseline, 0.1) == ([], 0)  # other machines are not compared
 
 
+def test_compare_matches_rows_written_before_the_width_axis_at_width_1(fixture_ledger):
+    baseline = ledger.read(fixture_ledger)  # points without "width"
+    fresh = _row(bs=128, eps=700)
+    fresh["point"]["width"] = 1
+    problems, matched = ledger.compare([fresh], baseline, 0.1)
+    assert matched == 1 and "30% below the baseline 1,000" in problems[0]
+    fresh["point"]["width"] = 2  # another model size: no baseline
+    assert ledger.compare([fresh], baseline, 0.1) == ([], 0)
+
+
 def test_cli_run_report_check(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [

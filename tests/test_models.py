@@ -31,6 +31,41 @@ def test_mlp_hidden_sizes_configurable():
     assert models.param_count(m) == 784 * 256 + 256 + 256 * 64 + 64 + 64 * 10 + 10
 
 
+def _cnn_count(c1: int, c2: int, dense: int) -> int:
+    """Parameters of the CNN: two 3×3 convolutions, a dense layer on the 7×7×c2 map, the 10-way output."""
+    return (9 * c1 + c1) + (9 * c1 * c2 + c2) + (49 * c2 * dense + dense) + (dense * 10 + 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "keys", "count"),
+    [
+        ("cnn", {"cnn_channels": (8, 16), "cnn_dense": 32}, _cnn_count(8, 16, 32)),
+        ("cnn", {"width": 2}, _cnn_count(64, 128, 512)),
+        ("cnn", {"cnn_channels": (8, 16), "cnn_dense": 32, "width": 3}, _cnn_count(24, 48, 96)),
+        ("mlp", {"width": 4}, 784 * 512 + 512 + 512 * 10 + 10),
+        ("mlp", {"mlp_hidden": (256, 64), "width": 2}, 784 * 512 + 512 + 512 * 128 + 128 + 128 * 10 + 10),
+        ("mlp_tiny", {"width": 2}, 784 * 32 + 32 + 32 * 10 + 10),
+        ("cnn_tiny", {"width": 2}, _cnn_count(8, 16, 32)),
+        ("cnn_tiny", {"cnn_channels": (99, 99), "cnn_dense": 99}, _cnn_count(4, 8, 16)),  # the tiny sizes are fixed
+    ],
+)
+def test_width_keys_change_parameter_counts_exactly(name, keys, count):
+    abstract = nnx.eval_shape(lambda: models.create(_config(name, **keys)))  # shapes only: nothing initialised
+    assert models.param_count(abstract) == count
+
+
+@pytest.mark.parametrize("conv", ["xla", "slices"])
+def test_default_width_keys_build_the_cnn_they_always_built(conv):
+    """The width keys at their defaults give the CNN class's own defaults: the same parameters, bit for bit."""
+    c = config_lib.base_config()
+    assert (c.cnn_channels, c.cnn_dense, c.width, c.mlp_hidden) == ((32, 64), 256, 1, (128,))
+    built = nnx.state(models.create(_config("cnn"), conv), nnx.Param)
+    plain = nnx.state(models.CNN(dtype=jnp.float32, conv=conv, rngs=nnx.Rngs(0)), nnx.Param)
+    assert jax.tree.structure(built) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(built), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name", list(models.MODELS))
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_shapes_dtypes(name, dtype):

@@ -116,3 +116,17 @@ def test_predict_pads_the_images_to_the_devices_and_matches_the_model_on_the_hos
     got = par.predict(par.replicate(jax.device_get(state.params)), images)
     assert got.shape == (13, 10)
     np.testing.assert_allclose(got, steps.predict_probs(graphdef, state.params, images), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pmap", "jit"])
+def test_generate_lays_data_made_on_the_devices_out_as_replicate_does(kind):
+    par = parallel.Parallel(kind, runtime.select_devices(8), None, None)
+
+    def make():
+        return {"image": jax.numpy.arange(12, dtype=np.uint8).reshape(6, 2), "label": jax.numpy.ones(6, np.int32)}
+
+    made, placed = par.generate(make), par.replicate(jax.device_get(make()))
+    for a, b in zip(jax.tree.leaves(made), jax.tree.leaves(placed), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and a.sharding.is_equivalent_to(b.sharding, a.ndim)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert {s.device for s in a.addressable_shards} == set(par.devices)

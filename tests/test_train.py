@@ -169,3 +169,12 @@ def test_a_run_records_its_data_dir_so_eval_reads_it_wherever_tfds_points_later(
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["step"] == 2
     assert not (tmp_path / "elsewhere").exists()  # nothing prepared into the new default
+
+
+def test_trajectory_changes_name_the_model_widths_and_count_missing_keys_at_their_defaults():
+    c = config_lib.base_config()
+    saved = json.loads(c.to_json_best_effort())
+    older = {k: v for k, v in saved.items() if k not in ("cnn_channels", "cnn_dense", "width")}
+    assert train.trajectory_changes(older, c) == []  # a run saved before the width keys: their defaults
+    c.update(cnn_channels=(16, 32), width=2)
+    assert train.trajectory_changes(older, c) == ["cnn_channels ([32, 64] → [16, 32])", "width (1 → 2)"]
