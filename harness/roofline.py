@@ -2,8 +2,10 @@
 MFU against the datasheet, the fraction of the measured ceiling) and the roofline picture of a ledger.
 
 FLOPs and bytes come from XLA's cost analysis of the compiled per-device step program, times the devices: the
-whole step. Rates are for all the devices a point ran on; so are its ceilings, except on a CPU, where fake devices
-share the cores and the datasheet peak and measured ceiling are the whole CPU's.
+whole step. Its bytes are every operation's operands and results, not memory traffic: data that stays in a cache
+counts too, so a point can sit above the memory-bandwidth diagonal. Rates are for all the devices a point ran on;
+so are its ceilings, except on a CPU, where fake devices share the cores and the datasheet peak and measured
+ceiling are the whole CPU's.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def _panel(ax, rows: list[dict], title: str, label: Callable[[dict], str]) -> No
     tops = list(compute.values()) or [max(ys)]
     ridges = [c / b for c in tops for b in memory.values()]
     lo, hi = min(xs + ridges) / 4, max(xs + ridges) * 4
+    bottom, top = min(ys) / 5, max(tops + ys) * 2
     lines: dict = defaultdict(list)  # one line per value: dtypes with the same ceiling share it
     for (dtype, kind), value in sorted(compute.items()):
         lines[(kind, value)].append(dtype)
@@ -117,7 +120,8 @@ def _panel(ax, rows: list[dict], title: str, label: Callable[[dict], str]) -> No
         ax.text(hi / 1.1 if measured else lo * 1.1, value * 1.06, text, fontsize=7, ha="right" if measured else "left")
     for kind, value in sorted(memory.items()):
         ax.plot([lo, hi], [value * lo, value * hi], color="gray", ls="-" if kind == "measured" else "--", lw=1.2)
-        ax.text(lo * 1.1, value * lo * 1.3, f"memory {kind} {value / 1e9:,.0f} GB/s", fontsize=7, color="gray")
+        x = min(max(math.sqrt(bottom * top) / value, lo * 1.1), hi / 4)  # on the diagonal, mid-height if it can
+        ax.text(x, value * x * 1.3, f"memory {kind} {value / 1e9:,.0f} GB/s", fontsize=7, color="gray", ha="right")
     for row, x, y in zip(rows, xs, ys, strict=True):
         dtype = row["point"].get("dtype", "float32")
         ax.plot(x, y, "o", color=DTYPE_COLORS.get(dtype, "gray"), ms=5)
@@ -125,7 +129,7 @@ def _panel(ax, rows: list[dict], title: str, label: Callable[[dict], str]) -> No
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
-    ax.set_ylim(min(ys) / 5, max(tops + ys) * 2)
+    ax.set_ylim(bottom, top)
     ax.set_xlabel("arithmetic intensity, FLOP per byte accessed (XLA cost analysis)")
     ax.set_ylabel("FLOP/s achieved")
     ax.set_title(f"Roofline: {title} (dashed: datasheet, solid: measured ceiling)")
