@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from harness import steps
 from harness.checkpoint import fingerprint
 from harness.records import CheckpointMeta, MetricRow
 
@@ -113,7 +114,7 @@ class Evaluate:
         run = self.run
         if not self.cadence.at_epoch(epochs_done, last=epochs_done == run.config.num_epochs):
             return {}
-        return self.evaluate(run.par, state.params, run.test, run.num_test, run.config.batch_size)
+        return self.evaluate(run.par, steps.inference(state), run.test, run.num_test, run.config.batch_size)
 
 
 class Checkpoint:

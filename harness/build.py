@@ -59,8 +59,9 @@ def build(
     devices = runtime.select_devices(config.num_devices) if devices is None else list(devices)
     plan = plan_lib.resolve(config, devices) if plan is None else plan
     tx = steps.make_optimizer(config, steps_per_epoch)
-    graphdef, state = steps.init_state(models.create(config, plan.conv), tx)
-    par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches)
+    options = steps.Options.from_config(config)
+    graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=options.ema_decay > 0)
+    par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
     host_state = jax.device_get(state)
     return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
 

@@ -26,6 +26,7 @@ save and restore; process 0 alone writes digests and deletes, and the others wai
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import platform
@@ -130,6 +131,15 @@ def _leaf_specs(tree: Any) -> list[str]:
     return [f"{np.asarray(x).dtype}{list(np.shape(x))}" for x in jax.tree.leaves(tree)]
 
 
+def _stored(state: Any) -> Any:
+    """What Orbax writes for ``state``: a dataclass state (``TrainState``) as the dict of its fields that are set.
+    Orbax stores a dataclass as a dict of all its fields anyway; leaving out the unset ones (an option that is off,
+    e.g. no EMA) keeps a checkpoint's layout what it was before that option existed, so older checkpoints restore."""
+    if not dataclasses.is_dataclass(state) or isinstance(state, type):
+        return state
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
+
+
 def _all_finite(tree: Any) -> bool:
     return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
@@ -199,7 +209,7 @@ class Checkpoints:
         if present and not self._clear(step):
             return False
         meta = {**meta, "leaves": _leaf_specs(state)}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_stored(state)), meta=ocp.args.JsonSave(meta))
         self.log.attach()  # until finalize: the async writer logs its failures from other threads
         try:
             self.manager.save(step, args=args, force=True)  # force: Orbax skips steps below its latest
@@ -319,13 +329,15 @@ class Checkpoints:
             raise ForeignCheckpointError(
                 f"checkpoint step {step} holds {got} where this model needs {want}: it belongs to another model"
             )
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _stored(target))
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))  # meta was read above
         try:
             restored = self.manager.restore(step, args=args)
         except Exception as e:  # Orbax raises many types for unreadable data
             raise WorkdirError(f"checkpoint step {step} does not restore ({type(e).__name__}: {e})") from None
         state = jax.tree.map(np.asarray, restored.state)
+        if _stored(target) is not target:  # a dataclass state, stored as the dict of its set fields
+            state = dataclasses.replace(target, **state)
         if _leaf_specs(state) != wanted:
             raise WorkdirError(f"checkpoint step {step} restored with other shapes or dtypes than it recorded")
         return state, meta

@@ -23,10 +23,12 @@ CONFIGS_DIR = paths.shipped("configs")  # configs/ of the checkout, packaged in 
 
 ALLOWED = {  # config.dataset is checked by _dataset: the shipped names and those imported into config.data_dir
     "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("constant", "warmup_cosine"),
+    "schedule": ("constant", "warmup_cosine", "warmup_linear", "one_cycle"),
     "parallel": ("pmap", "jit"),
     "dtype": ("float32", "bfloat16"),
     "conv": ("auto", "xla", "slices"),
+    "norm": ("none", "batch"),
+    "augment_flip": ("no", "yes", "auto"),
 }
 
 
@@ -51,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9  # sgd only
     c.weight_decay = 1e-4  # adamw only
     c.schedule = "constant"
-    c.warmup_fraction = 0.0  # warmup_cosine only: the share of all training steps spent warming up, in [0, 1)
+    c.warmup_fraction = 0.0  # schedules but constant: the share of all training steps rising to the peak, in [0, 1)
     c.seed = 0
     c.parallel = "pmap"
     c.num_devices = 0  # 0 = every local device
@@ -71,6 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.report = True  # write WORKDIR/report (pictures + index.html) when training ends
     c.stop_at_accuracy = 0.0  # > 0: stop after the first evaluation that reaches this test accuracy
     c.profile_steps = ""  # "A:B": a jax.profiler trace of train steps A to B in WORKDIR/profile (harness.profiling)
+    # Regularisation inside the jitted step (README "Regularisation"); every default leaves training as it was.
+    c.augment_translate = 0  # shift each training image by up to N pixels each way (pad with 0, crop); 0 = off
+    c.augment_flip = "no"  # mirror half the training images: no, yes, auto (yes for fashion_mnist, not digits)
+    c.augment_cutout = 0  # zero an N×N square at a random place of each training image; 0 = off
+    c.eval_flip = False  # test-time flip: evaluation and prediction average the logits of an image and its mirror
+    c.norm = "none"  # none, batch: BatchNorm after each convolution (CNN models), global-batch statistics
+    c.dropout = 0.0  # dropout rate in training: inputs of the CNN's dense layers, outputs of the MLP's hidden ones
+    c.label_smoothing = 0.0  # in [0, 1): the training loss's targets are (1 - s) one-hot + s / classes
+    c.ema_decay = 0.0  # in [0, 1), 0 = off: keep an EMA of the parameters; evaluation, eval and predict use it
+    c.nesterov = False  # sgd with momentum: Nesterov's
     return c
 
 
@@ -208,6 +220,50 @@ def _scale(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}={config[key]!r}: must be a positive integer")
 
 
+def _is_int_in(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_share(value) -> bool:
+    """A number in [0, 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+
+
+def _regularisation(config: ml_collections.ConfigDict) -> None:
+    """Augmentation, BatchNorm, dropout, label smoothing, EMA, the schedules' warmup and Nesterov momentum (the
+    allowed words of ``augment_flip``, ``norm`` and ``schedule`` are checked through ALLOWED)."""
+    from harness.models import MODELS  # models import flax: keep config loading light
+
+    if not _is_int_in(config.augment_translate, 0, 27):
+        raise ConfigError(f"config.augment_translate={config.augment_translate!r}: must be pixels in 0..27 (0 = off)")
+    if not _is_int_in(config.augment_cutout, 0, 28):
+        raise ConfigError(f"config.augment_cutout={config.augment_cutout!r}: must be pixels in 0..28 (0 = off)")
+    for key in ("dropout", "label_smoothing", "ema_decay"):
+        if not _is_share(config[key]):
+            raise ConfigError(f"config.{key}={config[key]!r}: must be a number in [0, 1) (0 = off)")
+    for key in ("eval_flip", "nesterov"):
+        if not isinstance(config[key], bool):
+            raise ConfigError(f"config.{key}={config[key]!r}: must be true or false")
+    if config.norm == "batch" and MODELS[config.model].family != "cnn":
+        cnns = ", ".join(name for name, entry in MODELS.items() if entry.family == "cnn")
+        raise ConfigError(f"config.norm=batch: BatchNorm is for the CNN models ({cnns}), not {config.model}")
+    if config.norm == "batch" and config.micro_batches > 1:
+        raise ConfigError(
+            f"config.micro_batches={config.micro_batches}: BatchNorm (config.norm=batch) takes its statistics over "
+            "the whole batch; use 0 (auto, which is 1 with BatchNorm) or 1"
+        )
+    if config.schedule == "one_cycle" and config.warmup_fraction <= 0:
+        raise ConfigError(
+            "config.schedule=one_cycle: needs config.warmup_fraction in (0, 1), the share of the run "
+            "rising to the peak learning rate (e.g. 0.3)"
+        )
+    if config.nesterov and (config.optimizer != "sgd" or not config.momentum):
+        raise ConfigError(
+            f"config.nesterov=True: needs config.optimizer=sgd with config.momentum > 0 (has optimizer "
+            f"{config.optimizer!r}, momentum {config.momentum})"
+        )
+
+
 SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what numpy's generators and jax.random.key both take
 
 
@@ -255,6 +311,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for key in ("momentum", "weight_decay", "checkpoint_min_seconds"):
         if not (math.isfinite(config[key]) and config[key] >= 0):
             raise ConfigError(f"config.{key}={config[key]}: must be a finite number >= 0")
+    _regularisation(config)
     _profile(config)
 
 

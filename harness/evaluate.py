@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from harness import images as image_files
+from harness import steps
 from harness.build import Run, build, place_data, restore_latest, saved_config
 from harness.data import datasets
 from harness.errors import DataError, WorkdirError
@@ -41,13 +42,15 @@ def evaluate_workdir(workdir: str | Path) -> dict:
     config, run, meta = load_trained(workdir)
     builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
     place_data(run, test=datasets.load_split(builder, "test"))
-    result = evaluate(run.par, run.state.params, run.test, run.num_test, config.batch_size)
+    result = evaluate(run.par, steps.inference(run.state), run.test, run.num_test, config.batch_size)
     return {**result, "step": meta["step"], "epoch": meta["step"] / meta["steps_per_epoch"], "dataset": config.dataset}
 
 
 def probabilities(run: Run, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """Class probabilities of every image under the run's parameters, ``batch`` images at a time."""
-    chunks = [run.par.predict(run.state.params, images[i : i + batch]) for i in range(0, len(images), batch)]
+    """Class probabilities of every image under the run's parameters (their EMA when the run kept one), ``batch``
+    images at a time."""
+    variables = steps.inference(run.state)
+    chunks = [run.par.predict(variables, images[i : i + batch]) for i in range(0, len(images), batch)]
     return np.concatenate(chunks)
 
 

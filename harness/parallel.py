@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from harness import runtime, steps
 from harness.config import ALLOWED
 from harness.errors import ConfigError, OutOfMemoryError
+from harness.steps import inference  # compile() has an argument named steps
 
 AXIS = "devices"
 STRATEGIES = ALLOWED["parallel"]  # one source: the config's allowed values
@@ -71,30 +72,28 @@ def check_memory(compiled: list, devices: list) -> None:
 class Parallel:
     """Places state and data on devices and runs the compiled train/eval steps."""
 
-    def __init__(self, kind: str, devices: list, graphdef, tx, micro_batches: int = 1):
+    def __init__(
+        self, kind: str, devices: list, graphdef, tx, micro_batches: int = 1, options: steps.Options | None = None
+    ):
         if kind not in STRATEGIES:
             raise ConfigError(f"config.parallel={kind!r}: allowed: {', '.join(STRATEGIES)}")
         self.kind = kind
         self.devices = list(devices)
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self.traces: collections.Counter = collections.Counter()
+        options = steps.Options() if options is None else options
+        train = dict(micro_batches=micro_batches, options=options)
+        flip = options.eval_flip
         self._fns = {
-            "train": self._wrap(
-                "train", partial(steps.train_step, graphdef, tx, micro_batches=micro_batches), (REPL, REPL, SPLIT), True
-            ),
+            "train": self._wrap("train", partial(steps.train_step, graphdef, tx, **train), (REPL, REPL, SPLIT), True),
             "train_steps": self._wrap(
-                "train_steps",
-                partial(steps.train_steps, graphdef, tx, micro_batches=micro_batches),
-                (REPL, REPL, SPLIT_1),
-                True,
+                "train_steps", partial(steps.train_steps, graphdef, tx, **train), (REPL, REPL, SPLIT_1), True
             ),
-            "train_batch": self._wrap(
-                "train_batch", partial(steps.update, graphdef, tx, micro_batches=micro_batches), (REPL, SPLIT), True
-            ),
-            "eval": self._wrap("eval", partial(steps.eval_step, graphdef), (REPL, REPL, SPLIT), False),
+            "train_batch": self._wrap("train_batch", partial(steps.update, graphdef, tx, **train), (REPL, SPLIT), True),
+            "eval": self._wrap("eval", partial(steps.eval_step, graphdef, eval_flip=flip), (REPL, REPL, SPLIT), False),
             "predict": self._wrap(
                 "predict",
-                lambda params, images, reduce: steps.predict_probs(graphdef, params, images),
+                lambda variables, images, reduce: steps.predict_probs(graphdef, variables, images, flip),
                 (REPL, SPLIT),
                 False,
                 SPLIT,
@@ -189,7 +188,7 @@ class Parallel:
             several = self.shard_indices(np.zeros((steps, indices.size), np.int32))  # [steps, global batch]
             self._fns["train_steps"] = self._fns["train_steps"].lower(state, train_data, several).compile()
         self._fns["train"] = self._fns["train"].lower(state, train_data, indices).compile()
-        self._fns["eval"] = self._fns["eval"].lower(state.params, eval_data, indices).compile()
+        self._fns["eval"] = self._fns["eval"].lower(inference(state), eval_data, indices).compile()
         check_memory(
             [self._fns[n] for n in ("train", "train_steps", "eval") if hasattr(self._fns[n], "memory_analysis")],
             self.devices,
@@ -212,15 +211,17 @@ class Parallel:
         """Runs one step on a host batch placed by :meth:`shard_batch`."""
         return self._fns["train_batch"](state, batch)
 
-    def eval_step(self, params: Any, data: Any, indices: jax.Array) -> Any:
-        """Metric sums of one eval batch (device-resident)."""
-        return self._fns["eval"](params, data, indices)
+    def eval_step(self, variables: Any, data: Any, indices: jax.Array) -> Any:
+        """Metric sums of one eval batch (device-resident) under ``variables`` (:func:`harness.steps.inference` of
+        the placed state)."""
+        return self._fns["eval"](variables, data, indices)
 
-    def predict(self, params: Any, images: np.ndarray) -> np.ndarray:
-        """Class probabilities of host ``images`` (padded to a multiple of the device count; single-process)."""
+    def predict(self, variables: Any, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of host ``images`` (padded to a multiple of the device count; single-process) under
+        ``variables`` (:func:`harness.steps.inference` of the placed state)."""
         n, pad = len(images), -len(images) % self.num_devices
         padded = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
-        probs = np.asarray(self._fns["predict"](params, self._split(padded, 0)))
+        probs = np.asarray(self._fns["predict"](variables, self._split(padded, 0)))
         return probs.reshape(-1, probs.shape[-1])[:n]
 
     def metrics_to_host(self, sums: Any) -> dict:

@@ -49,9 +49,15 @@ def conv_impl(choice: str, devices: list) -> str:
     return auto(devices).conv if choice == "auto" else choice
 
 
-def micro_batches(choice: int, devices: list, model: str, per_device_batch: int, conv: str) -> int:
+def micro_batches(choice: int, devices: list, model: str, per_device_batch: int, conv: str, norm: str = "none") -> int:
     """Slices each device's batch is cut into per step (gradients summed; the same maths): ``choice``, or for ``0``
-    the table's first count dividing ``per_device_batch`` when ``model`` is a CNN with slice convolutions, else 1."""
+    the table's first count dividing ``per_device_batch`` when ``model`` is a CNN with slice convolutions, else 1.
+
+    BatchNorm (``norm="batch"``) takes its statistics over the whole global batch, so it gets 1: slices would
+    normalise each by its own statistics (ghost batches), another model. Validation refuses an explicit count > 1
+    with BatchNorm, so this never changes the maths silently."""
+    if norm == "batch":
+        return 1
     if choice:
         return choice
     if models.family(model) != "cnn" or conv != "slices":
@@ -115,7 +121,7 @@ def resolve(config: ml_collections.ConfigDict, devices: list) -> Plan:
         processes=jax.process_count(),
         family=models.family(config.model),
         conv=conv,
-        micro_batches=micro_batches(config.micro_batches, devices, config.model, per_device, conv),
+        micro_batches=micro_batches(config.micro_batches, devices, config.model, per_device, conv, config.norm),
         steps_per_dispatch=steps_per_dispatch(
             config.steps_per_dispatch, devices, config.log_every_steps, config.checkpoint_every_steps
         ),

@@ -20,7 +20,7 @@ from harness.build import Run, build, place_data, restore_latest
 from harness.checkpoint import Checkpoints, describe_position
 from harness.data import batches, datasets
 from harness.digests import write_atomic
-from harness.errors import ConfigError, WorkdirError
+from harness.errors import ConfigError, ForeignCheckpointError, WorkdirError
 from harness.loop import Loop, Progress
 from harness.preemption import StopSignals
 from harness.records import CheckpointMeta, rows_of
@@ -44,6 +44,14 @@ TRAJECTORY_KEYS = (
     "schedule",
     "warmup_fraction",
     "seed",
+    "augment_translate",
+    "augment_flip",
+    "augment_cutout",
+    "norm",
+    "dropout",
+    "label_smoothing",
+    "ema_decay",
+    "nesterov",
 )
 
 
@@ -101,18 +109,28 @@ def trajectory_changes(saved: dict, config: ml_collections.ConfigDict) -> list[s
     return [f"{k} ({saved.get(k)!r} → {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
 
 
-def _resume(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress | None:
-    found = ckpt.restore_latest(run.host_state)
-    if found is None:
-        return None
-    step, state, saved = found
-    meta = CheckpointMeta.from_dict(saved)
-    changes = trajectory_changes(meta.config, run.config)
+def _refuse_changes(saved: dict, config: ml_collections.ConfigDict, workdir: Path) -> None:
+    changes = trajectory_changes(saved, config)
     if changes:
         raise WorkdirError(
             f"{workdir} holds a run with other settings: {', '.join(changes)}; resuming would change its "
             f"trajectory. Train into a new --workdir (add --config.init_from={workdir} to start from its parameters)"
         )
+
+
+def _resume(run: Run, ckpt: Checkpoints, workdir: Path, print_fn) -> Progress | None:
+    try:
+        found = ckpt.restore_latest(run.host_state)
+    except ForeignCheckpointError:  # e.g. norm or ema_decay changed the state's parts: name the settings
+        good = ckpt.good_steps()
+        if good:
+            _refuse_changes(ckpt.read_meta(good[-1]).get("config", {}), run.config, workdir)
+        raise
+    if found is None:
+        return None
+    step, state, saved = found
+    meta = CheckpointMeta.from_dict(saved)
+    _refuse_changes(meta.config, run.config, workdir)
     if meta.num_train != run.num_train or meta.steps_per_epoch != run.steps_per_epoch:
         raise WorkdirError(f"{workdir}: its checkpoint was made on a training split of {meta.num_train} examples")
     run.state = run.par.replicate(state)
@@ -131,9 +149,7 @@ def _init_from(run: Run, source: str, print_fn) -> None:
     if found is None:
         raise WorkdirError(f"config.init_from={source!r}: no checkpoint there restores")
     step, state, _ = found
-    run.state = run.par.replicate(
-        steps.TrainState(step=run.host_state.step, params=state.params, opt_state=run.host_state.opt_state)
-    )
+    run.state = run.par.replicate(steps.start_from(run.host_state, state))
     print_fn(f"initialised the parameters from {source} (step {step}); step, optimizer and data order start anew")
 
 

@@ -200,3 +200,49 @@ def test_dataset_is_a_shipped_one_or_one_imported_into_the_data_dir(tmp_path, mo
         ConfigError, match=rf"^config.dataset='letters': {tmp_path}/letters/harness-dataset.json: not a description"
     ):
         config_lib.validate(c, 8)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["augment_translate=-1"], r"^config.augment_translate=-1: must be pixels in 0..27 \(0 = off\)$"),
+        (["augment_translate=28"], "config.augment_translate=28: must be pixels in 0..27"),
+        (["augment_cutout=29"], r"^config.augment_cutout=29: must be pixels in 0..28 \(0 = off\)$"),
+        (["augment_flip=sometimes"], "^config.augment_flip='sometimes': allowed: no, yes, auto$"),
+        (["norm=layer"], "^config.norm='layer': allowed: none, batch$"),
+        (["norm=batch"], r"^config.norm=batch: BatchNorm is for the CNN models \(cnn, cnn_tiny\), not mlp_tiny$"),
+        (
+            ["norm=batch", "model=cnn", "micro_batches=4"],
+            r"^config.micro_batches=4: BatchNorm \(config.norm=batch\) takes its statistics over the whole batch",
+        ),
+        (["dropout=1"], r"^config.dropout=1.0: must be a number in \[0, 1\) \(0 = off\)$"),
+        (["dropout=-0.1"], "config.dropout=-0.1: must be a number in"),
+        (["label_smoothing=1.5"], "config.label_smoothing=1.5: must be a number in"),
+        (["ema_decay=1"], "config.ema_decay=1.0: must be a number in"),
+        (
+            ["schedule=triangle"],
+            "^config.schedule='triangle': allowed: constant, warmup_cosine, warmup_linear, one_cycle$",
+        ),
+        (["schedule=one_cycle"], r"^config.schedule=one_cycle: needs config.warmup_fraction in \(0, 1\)"),
+        (
+            ["nesterov=yes"],
+            r"^config.nesterov=True: needs config.optimizer=sgd with config.momentum > 0 \(has optimizer 'adam'",
+        ),
+        (["nesterov=yes", "optimizer=sgd", "momentum=0"], "needs config.optimizer=sgd with config.momentum > 0"),
+    ],
+)
+def test_regularisation_keys_are_checked_with_one_line(overrides, match):
+    c = config_lib.load("smoke", overrides)
+    with pytest.raises(ConfigError, match=match) as e:
+        config_lib.validate(c, 8)
+    assert "\n" not in str(e.value)
+
+
+def test_every_regularisation_option_on_validates_and_the_defaults_are_off():
+    everything = ["model=cnn_tiny", "norm=batch", "dropout=0.3", "augment_translate=2", "augment_flip=auto"]
+    everything += ["augment_cutout=8", "eval_flip=yes", "label_smoothing=0.1", "ema_decay=0.99", "optimizer=sgd"]
+    everything += ["nesterov=yes", "schedule=one_cycle", "warmup_fraction=0.25", "micro_batches=1"]
+    config_lib.validate(config_lib.load("smoke", everything), 8)
+    c = config_lib.base_config()
+    assert (c.augment_translate, c.augment_flip, c.augment_cutout, c.eval_flip) == (0, "no", 0, False)
+    assert (c.norm, c.dropout, c.label_smoothing, c.ema_decay, c.nesterov) == ("none", 0.0, 0.0, 0.0, False)

@@ -27,6 +27,8 @@ class FakeClock:
 class State:
     step: int = 0
     params: None = None
+    batch_stats: None = None  # like TrainState's parts that are None when their option is off
+    ema: None = None
 
 
 class FakeParallel:

@@ -125,3 +125,69 @@ def test_conv_choice_per_platform():
         platform = "gpu"
 
     assert plan.conv_impl("auto", [FakeGpu()]) == "xla"
+
+
+# ---- BatchNorm and dropout (issue 13) ---------------------------------------------------------------------------
+
+
+def test_batchnorm_normalises_by_the_unpadded_batch_updates_its_running_statistics_and_evaluates_with_them():
+    bn = models.BatchNorm(3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (8, 4, 4, 3)).astype(np.float32)
+    x[6:] = 1e6  # padding: must not count
+    weight = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
+    out = np.asarray(bn(x, models.Training(weight)))
+    real = x[:6]
+    mean, var = real.mean((0, 1, 2)), real.var((0, 1, 2))
+    np.testing.assert_allclose(out[:6], (real - mean) / np.sqrt(var + models.BN_EPSILON), atol=1e-4)
+    m = models.BN_MOMENTUM
+    np.testing.assert_allclose(bn.mean[...], (1 - m) * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.var[...], m + (1 - m) * var, rtol=1e-5)
+    np.testing.assert_allclose(bn(real), (real - bn.mean[...]) / np.sqrt(bn.var[...] + models.BN_EPSILON), atol=1e-4)
+    np.testing.assert_allclose(bn.mean[...], (1 - m) * mean, rtol=1e-5)  # evaluation changes nothing
+
+
+def test_a_batchnorm_cnn_trades_the_convolution_biases_for_scale_shift_and_statistics():
+    abstract = nnx.eval_shape(lambda: models.create(_config("cnn", norm="batch")))
+    convs = 9 * 32 + 9 * 32 * 64  # no biases: BatchNorm's shift does that job
+    assert models.param_count(abstract) == convs + (3136 * 256 + 256) + (256 * 10 + 10) + 2 * (32 + 64)
+    assert sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.BatchStat))) == 2 * (32 + 64)
+    plain = models.create(_config("cnn"))
+    assert not jax.tree.leaves(nnx.state(plain, nnx.BatchStat)) and plain.norm1 is None
+
+
+def test_a_batchnorm_cnn_is_the_same_model_with_either_convolution():
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    a, b = (models.create(_config("cnn_tiny", norm="batch"), conv) for conv in ("xla", "slices"))
+    train = models.Training(np.ones(4, np.float32))
+    np.testing.assert_allclose(a(x, train), b(x, train), atol=1e-4)
+    np.testing.assert_allclose(a(x), b(x), atol=1e-4)  # running statistics, updated alike
+
+
+def test_dropout_drops_at_its_rate_scales_the_rest_and_only_in_training():
+    x = np.ones((64, 100), np.float32)
+    keys = jax.random.split(jax.random.key(0), 64)
+    out = np.asarray(models.dropout(x, 0.25, models.Training(np.ones(64), keys=keys), 0))
+    assert set(np.unique(out)) == {0.0, np.float32(1 / 0.75)}
+    assert 0.2 < np.mean(out == 0) < 0.3
+    again = models.dropout(x, 0.25, models.Training(np.ones(64), keys=keys), 0)
+    np.testing.assert_array_equal(out, again)  # the keys decide
+    other_layer = models.dropout(x, 0.25, models.Training(np.ones(64), keys=keys), 1)
+    assert not np.array_equal(out, other_layer)
+    assert models.dropout(x, 0.25, None, 0) is x
+    assert models.dropout(x, 0.25, models.Training(np.ones(64)), 0) is x  # no keys: nothing drawn
+    assert models.dropout(x, 0.0, models.Training(np.ones(64), keys=keys), 0) is x
+
+
+@pytest.mark.parametrize("name", ["mlp_tiny", "cnn_tiny"])
+def test_models_with_dropout_evaluate_deterministically_and_train_with_masks(name):
+    m = models.create(_config(name, dropout=0.5))
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(m(x), models.create(_config(name))(x))  # evaluation: no dropout
+    train = models.Training(np.ones(4, np.float32), keys=jax.random.split(jax.random.key(1), 4))
+    assert not np.allclose(m(x, train), m(x))
+
+
+def test_an_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="norm='layer': allowed: none, batch"):
+        models.CNN(norm="layer", rngs=nnx.Rngs(0))

@@ -17,12 +17,13 @@ from harness.errors import ConfigError
 N, BATCH, STEPS = 300, 64, 6  # 300 examples: step 4 of each epoch is a padded batch
 
 
-def _train(kind, num_devices, model, optimizer="adam"):
+def _train(kind, num_devices, model, optimizer="adam", **keys):
     c = config_lib.base_config()
-    c.update(model=model, optimizer=optimizer, learning_rate=3e-3)
+    c.update(model=model, optimizer=optimizer, learning_rate=3e-3, **keys)
     tx = steps.make_optimizer(c, batches.steps_per_epoch(N, BATCH))
-    graphdef, state = steps.init_state(models.create(c), tx)
-    par = parallel.Parallel(kind, runtime.select_devices(num_devices), graphdef, tx)
+    options = steps.Options.from_config(c)
+    graphdef, state = steps.init_state(models.create(c), tx, ema=options.ema_decay > 0)
+    par = parallel.Parallel(kind, runtime.select_devices(num_devices), graphdef, tx, options=options)
     labels = np.random.default_rng(1).integers(0, 10, N).astype(np.int32)
     data = par.replicate({"image": make_images(labels), "label": labels})
     state, losses = par.replicate(state), []
@@ -30,7 +31,8 @@ def _train(kind, num_devices, model, optimizer="adam"):
         epoch, s = divmod(i, batches.steps_per_epoch(N, BATCH))
         state, sums = par.train_step(state, data, par.shard_indices(batches.batch_indices(0, epoch, s, BATCH, N)))
         losses.append(par.metrics_to_host(sums)["loss"])
-    ev = par.metrics_to_host(par.eval_step(state.params, data, par.shard_indices(batches.eval_indices(4, BATCH, N))))
+    indices = par.shard_indices(batches.eval_indices(4, BATCH, N))
+    ev = par.metrics_to_host(par.eval_step(steps.inference(state), data, indices))
     return par.unreplicate(state), losses, ev, par
 
 
@@ -45,6 +47,35 @@ def test_pmap8_jit8_and_one_device_agree(model, optimizer):
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
         assert ev["count"] == ref_eval["count"] == N - 4 * BATCH
         np.testing.assert_allclose(ev["loss"], ref_eval["loss"], rtol=1e-5)
+
+
+# Everything of issue 13 at once: BatchNorm over the global batch (the padded step 4 included), dropout keyed by the
+# example, augmentation, label smoothing, the EMA and test-time flips.
+REGULARISED = dict(
+    norm="batch",
+    dropout=0.3,
+    augment_translate=2,
+    augment_flip="yes",
+    augment_cutout=6,
+    label_smoothing=0.1,
+    ema_decay=0.8,
+    eval_flip=True,
+)
+
+
+def test_batchnorm_dropout_ema_and_augmentation_agree_on_pmap8_jit8_and_one_device():
+    ref, ref_losses, ref_eval, _ = _train("jit", 1, "cnn_tiny", **REGULARISED)
+    assert ref.batch_stats is not None and ref.ema is not None
+    plain = _train("jit", 1, "cnn_tiny")[0]
+    assert not np.allclose(jax.tree.leaves(plain.params)[0], jax.tree.leaves(ref.params)[0])  # the options act
+    for kind in ("pmap", "jit"):
+        got, losses, ev, _ = _train(kind, 8, "cnn_tiny", **REGULARISED)
+        for part in ("params", "batch_stats", "ema", "opt_state"):
+            for a, b in zip(jax.tree.leaves(getattr(got, part)), jax.tree.leaves(getattr(ref, part)), strict=True):
+                np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5, err_msg=f"{part}: {kind} on 8 devices")
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+        assert ev["count"] == ref_eval["count"] == N - 4 * BATCH
+        np.testing.assert_allclose([ev["loss"], ev["correct"]], [ref_eval["loss"], ref_eval["correct"]], rtol=1e-5)
 
 
 def test_params_actually_moved():

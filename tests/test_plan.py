@@ -94,3 +94,14 @@ def test_bench_prints_the_plan_before_its_rows_and_stores_it_in_them(capsys, tmp
     expected = _plan(CPU[:1], model="mlp_tiny", batch_size=16)
     assert row["figures"]["plan"] == dataclasses.replace(expected, steps_per_dispatch=2).to_dict()
     assert (row["figures"]["conv_impl"], row["figures"]["micro_batches"]) == ("slices", 1)  # the old keys stay
+
+
+def test_batchnorm_takes_one_micro_batch_where_the_table_would_slice():
+    """BatchNorm's statistics are the whole batch's: its auto micro-batches are 1 (an explicit count > 1 is a
+    config error, in test_config), so no run normalises by slices of its batch."""
+    p = _plan(CPU[:1], norm="batch")
+    assert (p.conv, p.micro_batches) == ("slices", 1)
+    assert plan_lib.micro_batches(0, CPU[:1], "cnn", 128, "slices", "batch") == 1
+    assert _plan(CPU[:1], norm="batch", micro_batches=1).micro_batches == 1
+    with pytest.raises(ConfigError, match="micro_batches=2: BatchNorm"):
+        _plan(CPU[:1], norm="batch", micro_batches=2)

@@ -1,6 +1,7 @@
 """Resuming: bit-exact after a stop mid-epoch, other device counts, refusals, NaN, fine-tuning, a final step that is
 not good, a read-only workdir, and the lines that describe positions."""
 
+import ast
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import final_checkpoint, read_events
 
-from harness import cli, loop, records, train
+from harness import checkpoint, cli, loop, records, train
 from harness import hooks as hooks_lib
 from harness.checkpoint import Checkpoints
 from harness.errors import TrainingError, WorkdirError
@@ -282,3 +283,94 @@ def test_resuming_in_a_read_only_workdir_is_one_line(tiny_data_dir, tmp_path, ca
         assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"harness: error: cannot write {tmp_path}/config.json ("), err
+
+
+# Every option of issue 13 at once (BatchNorm needs a CNN): augmentation, BatchNorm, dropout, label smoothing, EMA,
+# test-time flip, Nesterov SGD under a one-cycle schedule.
+EVERYTHING = dict(
+    model="cnn_tiny",
+    norm="batch",
+    dropout=0.3,
+    augment_translate=2,
+    augment_flip="yes",
+    augment_cutout=6,
+    label_smoothing=0.1,
+    ema_decay=0.9,
+    eval_flip=True,
+    optimizer="sgd",
+    learning_rate=0.05,
+    nesterov=True,
+    schedule="one_cycle",
+    warmup_fraction=0.3,
+)
+
+
+def test_every_regularisation_option_on_resumes_bitwise_and_refuses_a_changed_option(tiny_config, tmp_path):
+    tiny_config.update(num_epochs=3, checkpoint_every_steps=3, log_every_steps=2, **EVERYTHING)
+    train.train_and_evaluate(tiny_config, tmp_path / "straight", print_fn=_quiet)
+    stopped = tmp_path / "stopped"
+    hooks = [*train.default_hooks(tiny_config, stopped, _quiet), SignalAt(11 * 64)]  # mid epoch 2
+    summary = train.train_and_evaluate(tiny_config, stopped, hooks=hooks, print_fn=_quiet)
+    assert summary["stopped"] == "SIGTERM" and 11 <= summary["step"] < 16
+    train.train_and_evaluate(tiny_config, stopped, print_fn=_quiet)
+    (a, meta_a), (b, meta_b) = final_checkpoint(tmp_path / "straight"), final_checkpoint(stopped)
+    assert int(a.step) == int(b.step) == 24
+    assert a.batch_stats is not None and a.ema is not None
+    _assert_bitwise_equal(a, b)  # parameters, optimizer state, BatchNorm statistics, EMA
+    assert _history(meta_a) == _history(meta_b)
+    tiny_config.update(num_epochs=4, dropout=0.5)
+    with pytest.raises(WorkdirError, match=r"other settings: dropout \(0\.3 → 0\.5\)"):
+        train.train_and_evaluate(tiny_config, stopped, print_fn=_quiet)
+    tiny_config.update(dropout=0.3, ema_decay=0.0)  # another state shape: the settings are named all the same
+    with pytest.raises(WorkdirError, match=r"other settings: ema_decay \(0\.9 → 0\.0\), num_epochs \(3 → 4\); resuming"):
+        train.train_and_evaluate(tiny_config, stopped, print_fn=_quiet)
+
+
+NEW_KEYS = ("augment_translate", "augment_flip", "augment_cutout", "eval_flip", "norm", "dropout")
+NEW_KEYS += ("label_smoothing", "ema_decay", "nesterov")
+
+
+def _stored_paths(workdir, step):
+    """The key paths of the arrays Orbax stored for the state of ``step``."""
+    tree = json.loads((workdir / "checkpoints" / str(step) / "state" / "_METADATA").read_text())["tree_metadata"]
+    return {ast.literal_eval(path) for path in tree}
+
+
+def test_a_workdir_written_before_the_options_existed_resumes(tiny_config, tmp_path, monkeypatch):
+    """A checkpoint as harness wrote it before TrainState had BatchNorm statistics and an EMA (Orbax stores the
+    dataclass as a dict of its three fields) and a config.json without their keys: it resumes and goes on."""
+    from flax import struct
+
+    @struct.dataclass
+    class OldTrainState:
+        step: object
+        params: object
+        opt_state: object
+
+    tiny_config.num_epochs = 1
+    workdir = tmp_path / "old"
+    as_now = checkpoint.Checkpoints.save
+
+    def save_as_before(self, step, state, meta):
+        old = OldTrainState(state.step, state.params, state.opt_state)
+        meta = {**meta, "config": {k: v for k, v in meta["config"].items() if k not in NEW_KEYS}}
+        monkeypatch.setattr(checkpoint, "_stored", lambda s: s)  # what Orbax got before: the dataclass itself
+        try:
+            return as_now(self, step, old, meta)
+        finally:
+            monkeypatch.undo()
+            monkeypatch.setattr(checkpoint.Checkpoints, "save", save_as_before)
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", save_as_before)
+    train.train_and_evaluate(tiny_config, workdir, print_fn=_quiet)
+    monkeypatch.undo()
+    before = _stored_paths(workdir, 8)
+    assert {p[0] for p in before} == {"step", "params", "opt_state"}
+    ckpt = Checkpoints(workdir, create=False)
+    assert "ema" not in ckpt.read_meta(8)["config"]
+    ckpt.close()
+    tiny_config.num_epochs = 2
+    lines = []
+    assert train.train_and_evaluate(tiny_config, workdir, print_fn=lines.append)["step"] == 16
+    assert any(line.startswith("resumed from step 8 (end of epoch 1 of 2)") for line in lines), lines
+    assert _stored_paths(workdir, 16) == before  # options off: today's checkpoints are laid out as before

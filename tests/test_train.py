@@ -178,3 +178,39 @@ def test_trajectory_changes_name_the_model_widths_and_count_missing_keys_at_thei
     assert train.trajectory_changes(older, c) == []  # a run saved before the width keys: their defaults
     c.update(cnn_channels=(16, 32), width=2)
     assert train.trajectory_changes(older, c) == ["cnn_channels ([32, 64] → [16, 32])", "width (1 → 2)"]
+
+
+EVERY_OPTION = ["--config.model=cnn_tiny", "--config.norm=batch", "--config.dropout=0.2", "--config.eval_flip=yes"]
+EVERY_OPTION += ["--config.augment_translate=2", "--config.augment_flip=auto", "--config.augment_cutout=6"]
+EVERY_OPTION += ["--config.label_smoothing=0.1", "--config.ema_decay=0.9", "--config.optimizer=sgd"]
+EVERY_OPTION += ["--config.learning_rate=0.05", "--config.nesterov=yes", "--config.schedule=warmup_linear"]
+EVERY_OPTION += ["--config.warmup_fraction=0.2", "--config.batch_size=64"]
+
+
+def test_one_epoch_with_every_option_on_trains_reports_evaluates_and_predicts_with_the_ema(
+    tiny_data_dir, tmp_path, capsys
+):
+    """The smoke config with augmentation, BatchNorm, dropout, label smoothing, EMA, test-time flip and Nesterov
+    SGD: trains an epoch, writes its report, and ``harness eval``/``predict`` use the EMA weights with BatchNorm's
+    running statistics (as training's own evaluation did)."""
+    from harness import steps
+    from harness.build import place_data
+    from harness.evaluate import load_trained
+    from harness.loop import evaluate
+
+    args = ["train", "--config", "smoke", "--workdir", str(tmp_path), f"--config.data_dir={tiny_data_dir}"]
+    assert cli.main([*args, *EVERY_OPTION]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "plan: pmap on 8 cpu devices, XLA convolutions, 1 micro-batch" in out and "report: " in out
+    trained = [r for r in _rows(tmp_path) if r["kind"] == "eval"][-1]
+    assert cli.main(["eval", "--workdir", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(result["test_accuracy"], trained["test_accuracy"])
+    np.testing.assert_allclose(result["test_loss"], trained["test_loss"], rtol=1e-5)
+    config, run, _ = load_trained(tmp_path)
+    builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir)
+    place_data(run, test=datasets.load_split(builder, "test"))
+    raw = steps.inference(run.state.replace(ema=None))  # the parameters themselves, not their EMA
+    assert evaluate(run.par, raw, run.test, run.num_test, 64)["test_loss"] != pytest.approx(result["test_loss"])
+    assert cli.main(["predict", "--workdir", str(tmp_path), "--index", "0", "1", "--json"]) == 0
+    assert [r["index"] for r in json.loads(capsys.readouterr().out)] == [0, 1]
