@@ -322,7 +322,8 @@ def test_every_regularisation_option_on_resumes_bitwise_and_refuses_a_changed_op
     with pytest.raises(WorkdirError, match=r"other settings: dropout \(0\.3 → 0\.5\)"):
         train.train_and_evaluate(tiny_config, stopped, print_fn=_quiet)
     tiny_config.update(dropout=0.3, ema_decay=0.0)  # another state shape: the settings are named all the same
-    with pytest.raises(WorkdirError, match=r"other settings: ema_decay \(0\.9 → 0\.0\), num_epochs \(3 → 4\); resuming"):
+    changed = r"other settings: ema_decay \(0\.9 → 0\.0\), num_epochs \(3 → 4\); resuming"
+    with pytest.raises(WorkdirError, match=changed):
         train.train_and_evaluate(tiny_config, stopped, print_fn=_quiet)
 
 
