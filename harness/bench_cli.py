@@ -225,6 +225,27 @@ def _peer_tta_rows(args) -> list[dict]:
     return rows
 
 
+def _suite_rows(args) -> list[dict]:
+    """``bench suite``: the standard benchmark of this machine (:mod:`harness.suite`) within ``--budget`` seconds."""
+    import jax
+
+    from harness import suite
+    from harness.config import ALLOWED
+
+    if not args.budget > 0:
+        raise HarnessError(f"--budget={args.budget}: seconds to spend, > 0")
+    devices = jax.local_devices()
+    shown = {"plan": None}
+
+    def show(point: bench.Point, figures: dict) -> None:
+        shown["plan"] = _show(point, figures, shown["plan"])
+
+    print(f"suite: {len(devices)} {devices[0].device_kind} device(s), budget {args.budget:.0f} s")
+    return suite.run(
+        devices[0].platform, len(devices), ALLOWED["parallel"], quick=args.quick, budget_seconds=args.budget, show=show
+    )
+
+
 def _save(rows: list[dict], args) -> None:
     if args.no_ledger:
         for row in rows:
@@ -254,12 +275,14 @@ def run(args, overrides: list[str]) -> int:
     """Dispatches ``harness bench ACTION``."""
     directory = ledger_dir(args)
     _check_args(args)
-    _check_ledger_dir(directory, writing=args.action in ("run", "sweep", "tta") and not args.no_ledger)
+    _check_ledger_dir(directory, writing=args.action in ("run", "sweep", "tta", "suite") and not args.no_ledger)
     if args.action == "run":
         rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
         _save(rows, args)
     elif args.action == "sweep":
         _save([row for point in _points(args) for row in _sweep_rows(point, args)], args)
+    elif args.action == "suite":
+        _save(_suite_rows(args), args)
     elif args.action == "tta":
         _save([_tta_row(args, overrides)] + (_peer_tta_rows(args) if args.peers else []), args)
     elif args.action == "report":
