@@ -200,27 +200,34 @@ def _tta_row(args, overrides: list[str]) -> dict:
     return ledger.make_row("time_to_accuracy", point, figures)
 
 
-def _peer_tta_rows(args) -> list[dict]:
-    """The peers' time to ``--target`` with their CNN recipe (:func:`harness.peers.recipe`, the only one they copy)."""
+def _median_text(figures: dict) -> str:
+    if math.isnan(figures["median_seconds"]):
+        return f"not reached by any of {figures['seeds']} seeds"
+    return f"median {figures['median_seconds']:.1f} s over {figures['reached']}/{figures['seeds']} seeds"
+
+
+def _peer_tta_rows(args, overrides: list[str]) -> list[dict]:
+    """The peers' time to ``--target`` training the recipe of the config being timed, overrides included
+    (:func:`harness.peers.recipe`), with what each could not copy of it; a config they cannot train is skipped."""
     from harness import config as config_lib
     from harness import peers
 
-    c = config_lib.load(args.config)
-    if not peers.copies_recipe(c):
-        print(f"peers: skipped (they copy the CNN recipe of {peers.RECIPE_CONFIG} only, not {args.config})")
+    try:
+        copied = peers.recipe(config_lib.load(args.config, overrides))
+    except peers.CannotFollow as e:
+        print(f"peers: skipped (they cannot train {args.config}: {e})")
         return []
     seeds = _seeds(args.seeds)
     rows = []
     for name, available, why in peers.available():
-        figures = peers.time_to_accuracy(name, c.dataset, args.target, seeds) if available else None
+        figures = peers.time_to_accuracy(name, copied, args.target, seeds) if available else None
         if figures is None:
             print(f"peer {name}: skipped ({why or 'no time-to-accuracy run'})")
             continue
-        print(
-            f"peer {name}: time to {args.target}: median {figures['median_seconds']:.1f} s over "
-            f"{figures['reached']}/{figures['seeds']} seeds"
-        )
-        point = {"config": args.config, "target": args.target, "overrides": [], "peer": name}
+        print(f"peer {name}: time to {args.target}: {_median_text(figures)}")
+        for difference in figures.get("differences", []):
+            print(f"  differs from harness: {difference}")
+        point = {"config": args.config, "target": args.target, "overrides": list(overrides), "peer": name}
         rows.append(ledger.make_row("time_to_accuracy", point, figures, framework=name))
     return rows
 
@@ -284,7 +291,7 @@ def run(args, overrides: list[str]) -> int:
     elif args.action == "suite":
         _save(_suite_rows(args), args)
     elif args.action == "tta":
-        _save([_tta_row(args, overrides)] + (_peer_tta_rows(args) if args.peers else []), args)
+        _save([_tta_row(args, overrides)] + (_peer_tta_rows(args, overrides) if args.peers else []), args)
     elif args.action == "report":
         rows = ledger.read(directory)
         if not rows:

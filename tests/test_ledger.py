@@ -237,37 +237,3 @@ def test_check_with_tta_fails_when_a_seed_misses_the_bound(tmp_path, capsys, tin
     frozen = [*over, "--config.learning_rate=1e-9"]  # a model that cannot learn never reaches the bound
     assert cli.main(["bench", "check", *common, "--target", "0.9", *frozen]) == 1
     assert "0/1 seeds reached 0.9" in capsys.readouterr().out
-
-
-def test_peer_time_to_accuracy_rows(monkeypatch, capsys):
-    """`harness bench tta --peers`: a peer that trains to a target gets a ledger row; others are skipped."""
-    import argparse
-    import types
-
-    from harness import bench_cli, peers
-
-    calls = []
-
-    def tta(dataset, target, seeds):
-        calls.append((dataset, target, seeds))
-        runs = [{"seed": s, "seconds": 10.0 + s, "epochs": 3, "accuracy": 0.905} for s in seeds]
-        return {
-            "seeds": 2,
-            "reached": 2,
-            "median_seconds": 10.5,
-            "min_seconds": 10.0,
-            "max_seconds": 11.0,
-            "runs": runs,
-        }
-
-    trains = types.SimpleNamespace(NAME="fake-trains", available=lambda: (True, ""), time_to_accuracy=tta)
-    timer = types.SimpleNamespace(NAME="fake-times-only", available=lambda: (True, ""))
-    monkeypatch.setattr(peers, "modules", lambda: [trains, timer])
-    args = argparse.Namespace(config="fashion_mnist_cnn", target=0.9, seeds="0,1")
-    rows = bench_cli._peer_tta_rows(args)
-    assert calls == [("fashion_mnist", 0.9, [0, 1])]
-    assert len(rows) == 1 and rows[0]["framework"] == "fake-trains" and ledger.validate(rows[0]) == []
-    assert rows[0]["point"]["peer"] == "fake-trains" and rows[0]["figures"]["median_seconds"] == 10.5
-    assert "fake-times-only: skipped" in capsys.readouterr().out
-    assert bench_cli._peer_tta_rows(argparse.Namespace(config="fashion_mnist_mlp", target=0.85, seeds="0")) == []
-    assert "copy the CNN recipe" in capsys.readouterr().out

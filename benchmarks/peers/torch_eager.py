@@ -48,7 +48,7 @@ def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window
     torch.manual_seed(0)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     net = _model(model)
-    opt = torch.optim.Adam(net.parameters(), lr=recipe().learning_rate)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe().schedule.peak)
     loss_fn = torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (8192, 1, 28, 28), dtype=np.uint8))
