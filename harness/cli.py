@@ -91,7 +91,7 @@ def _add_bench(sub) -> None:
     b.add_argument("--models", default="mlp,cnn", help="comma-separated (default mlp,cnn)")
     b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
     b.add_argument("--dtypes", default="float32")
-    b.add_argument("--parallel", default="pmap", help="pmap, jit or both: pmap,jit")
+    b.add_argument("--parallel", default="pmap", help="pmap, jit, shard_map; comma-separated, e.g. pmap,shard_map")
     b.add_argument(
         "--widths", default="1", help="comma-separated multipliers of the models' widths, e.g. 1,4,16 (default 1)"
     )

@@ -24,7 +24,7 @@ CONFIGS_DIR = paths.shipped("configs")  # configs/ of the checkout, packaged in 
 ALLOWED = {  # config.dataset is checked by _dataset: the shipped names and those imported into config.data_dir
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": ("constant", "warmup_cosine", "warmup_linear", "one_cycle"),
-    "parallel": ("pmap", "jit"),
+    "parallel": ("pmap", "jit", "shard_map"),
     "dtype": ("float32", "bfloat16"),
     "conv": ("auto", "xla", "slices"),
     "norm": ("none", "batch"),

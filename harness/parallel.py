@@ -1,13 +1,16 @@
-"""The one module that compiles: wraps the pure steps with ``pmap`` or ``jit`` + ``NamedSharding`` for the devices
-of a resolved plan (:mod:`harness.plan`), and decides no policy of its own.
+"""The one module that compiles: wraps the pure steps with ``pmap``, ``jit`` + ``NamedSharding`` or ``jax.shard_map``
+for the devices of a resolved plan (:mod:`harness.plan`), and decides no policy of its own.
 
-Both strategies are data parallel and give the single-device result for the same global batch (a test guards
+All three strategies are data parallel and give the single-device result for the same global batch (a test guards
 this: see the gradient-scale pitfall in DESIGN.md).
 
 - ``pmap`` (default): state and data carry a leading device axis (one copy per device, placed once); each device
   takes its slice of the batch indices; gradients and metric sums are ``psum``-ed over the device axis.
 - ``jit``: state and data are replicated global arrays on a 1-D ``Mesh``; the indices, and so the batch, are
   sharded along its ``devices`` axis; XLA inserts the collectives.
+- ``shard_map``: the same global arrays as ``jit``, and the step written per device as under ``pmap``, with explicit
+  collectives (:func:`psum_varying`) and ``check_vma`` on. JAX's own path forward from ``pmap`` (which, since JAX
+  0.8, is implemented on ``jit(shard_map)`` and in maintenance mode): per-device code, one global array type.
 
 Several processes (``jax.distributed``: :mod:`harness.runtime`) form one run: the mesh spans every process's
 devices, every array is a global ``jax.Array`` assembled from each process's own shards
@@ -69,6 +72,21 @@ def check_memory(compiled: list, devices: list) -> None:
         )
 
 
+def psum_varying(tree: Any) -> Any:
+    """``shard_map``'s ``reduce``: sums over the devices the values that differ between them (a device's metric sums,
+    BatchNorm's moments) and leaves the others alone. With ``check_vma`` on, the gradient of replicated parameters
+    is already summed over the devices by ``grad`` itself (the transpose of their implicit broadcast): summing it
+    again would multiply it by the device count (DESIGN.md, "Gradient scale under jax.shard_map")."""
+    return jax.tree.map(lambda x: jax.lax.psum(x, AXIS) if AXIS in _varying_axes(x) else x, tree)
+
+
+def _varying_axes(x: Any) -> frozenset:
+    """The mesh axes along which the traced ``x`` differs between devices inside ``shard_map`` (``check_vma``)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10
+    return manual.varying if manual is not None else frozenset(getattr(aval, "vma", ()))
+
+
 class Parallel:
     """Places state and data on devices and runs the compiled train/eval steps."""
 
@@ -110,7 +128,9 @@ class Parallel:
     def _wrap(self, name: str, fn, layout: tuple, donate_state: bool, out_layout: P | None = None):
         """``fn(*args, reduce=…)`` compiled for this strategy; ``layout`` gives each argument's jit sharding, and
         ``out_layout`` the output's (default: replicated; a donated state's new state and sums)."""
-        reduce = partial(jax.lax.psum, axis_name=AXIS) if self.kind == "pmap" else steps.identity
+        reduce = {"pmap": partial(jax.lax.psum, axis_name=AXIS), "shard_map": psum_varying}.get(
+            self.kind, steps.identity
+        )
 
         def traced(*args):
             self.traces[name] += 1  # runs once per trace, never per call
@@ -119,8 +139,11 @@ class Parallel:
         donate = (0,) if donate_state else ()
         if self.kind == "pmap":
             return jax.pmap(traced, axis_name=AXIS, devices=self.devices, donate_argnums=donate)
-        out = (self._sharding(REPL), self._sharding(REPL)) if donate_state else self._sharding(out_layout or REPL)
+        out_specs = (REPL, REPL) if donate_state else out_layout or REPL
+        out = jax.tree.map(self._sharding, out_specs, is_leaf=lambda x: isinstance(x, P))
         shardings = tuple(self._sharding(spec) for spec in layout)
+        if self.kind == "shard_map":  # each device runs ``traced`` on its shard; collectives are explicit
+            traced = jax.shard_map(traced, mesh=self.mesh, in_specs=layout, out_specs=out_specs, check_vma=True)
         return jax.jit(traced, in_shardings=shardings, out_shardings=out, donate_argnums=donate)
 
     # ---- placement -----------------------------------------------------------------------------------------
@@ -131,7 +154,7 @@ class Parallel:
 
     def replicate(self, tree: Any) -> Any:
         """Places a host pytree (the same on every process) on every device (pmap: a leading device axis)."""
-        if self.kind == "jit":
+        if self.kind != "pmap":
             return jax.tree.map(lambda x: self._global(np.asarray(x), REPL), tree)
         n = self.num_devices
         return jax.tree.map(lambda x: self._global(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), SPLIT), tree)
@@ -139,7 +162,7 @@ class Parallel:
     def generate(self, make: Callable[[], Any]) -> Any:
         """Runs ``make`` (e.g. ``jax.random`` draws) on the devices and lays its pytree out as :meth:`replicate`
         would: data made where it is used, never sent from the host."""
-        if self.kind == "jit":
+        if self.kind != "pmap":
             return jax.jit(make, out_shardings=self._sharding(REPL))()
         n = self.num_devices
 
@@ -150,14 +173,14 @@ class Parallel:
 
     def unreplicate(self, tree: Any) -> Any:
         """One host copy (numpy) of a replicated pytree — never pmap's per-device copies."""
-        if self.kind == "jit":
+        if self.kind != "pmap":
             return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
         return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
     def _split(self, x: np.ndarray, axis: int) -> jax.Array:
         """Splits the global ``x`` along ``axis`` across the devices, in device order."""
         x = np.asarray(x)
-        if self.kind == "jit":
+        if self.kind != "pmap":
             return self._global(x, SPLIT if axis == 0 else SPLIT_1)
         n = self.num_devices
         size = x.shape[axis] // n

@@ -78,7 +78,7 @@ def steps_per_dispatch(choice: int, devices: list, log_every: int, checkpoint_ev
 class Plan:
     """How a run runs: resolved once (:func:`resolve`), printed, stored in checkpoints and ledger rows."""
 
-    strategy: str  # pmap | jit
+    strategy: str  # pmap | jit | shard_map
     platform: str
     num_devices: int
     processes: int

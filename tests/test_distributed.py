@@ -143,7 +143,7 @@ def references(tmp_path_factory, data_dir):
     return get
 
 
-@pytest.mark.parametrize("strategy", ["pmap", "jit"])
+@pytest.mark.parametrize("strategy", ["pmap", "jit", "shard_map"])
 def test_two_processes_train_like_one(tmp_path, data_dir, references, launch, strategy):
     reference = references(strategy)
     workdir = tmp_path / "run"

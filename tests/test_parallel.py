@@ -1,4 +1,4 @@
-"""pmap on 8 devices, jit-sharding on 8 devices and a single device must give the same parameters.
+"""pmap, jit-sharding and shard_map on 8 devices and a single device must give the same parameters.
 
 This is the guard against the gradient-scale trap (DESIGN.md §4): a wrong collective makes the 8-device
 parameters drift away from the single-device ones after the first step.
@@ -39,7 +39,7 @@ def _train(kind, num_devices, model, optimizer="adam", **keys):
 @pytest.mark.parametrize(("model", "optimizer"), [("mlp_tiny", "sgd"), ("cnn_tiny", "adam")])
 def test_pmap8_jit8_and_one_device_agree(model, optimizer):
     ref, ref_losses, ref_eval, _ = _train("jit", 1, model, optimizer)
-    for kind in ("pmap", "jit"):
+    for kind in parallel.STRATEGIES:
         got, losses, ev, _ = _train(kind, 8, model, optimizer)
         assert int(got.step) == STEPS
         for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params), strict=True):
@@ -68,7 +68,7 @@ def test_batchnorm_dropout_ema_and_augmentation_agree_on_pmap8_jit8_and_one_devi
     assert ref.batch_stats is not None and ref.ema is not None
     plain = _train("jit", 1, "cnn_tiny")[0]
     assert not np.allclose(jax.tree.leaves(plain.params)[0], jax.tree.leaves(ref.params)[0])  # the options act
-    for kind in ("pmap", "jit"):
+    for kind in parallel.STRATEGIES:
         got, losses, ev, _ = _train(kind, 8, "cnn_tiny", **REGULARISED)
         for part in ("params", "batch_stats", "ema", "opt_state"):
             for a, b in zip(jax.tree.leaves(getattr(got, part)), jax.tree.leaves(getattr(ref, part)), strict=True):
@@ -93,7 +93,7 @@ def nnx_params(model):
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
-@pytest.mark.parametrize("kind", ["pmap", "jit"])
+@pytest.mark.parametrize("kind", parallel.STRATEGIES)
 def test_each_step_function_traces_once(kind):
     *_, par = _train(kind, 8, "mlp_tiny")
     assert dict(par.traces) == {"train": 1, "eval": 1}
@@ -107,11 +107,11 @@ def test_pmap_state_is_unreplicated_to_one_host_copy():
 
 
 def test_unknown_strategy():
-    with pytest.raises(ConfigError, match="allowed: pmap, jit"):
+    with pytest.raises(ConfigError, match=r"allowed: pmap, jit, shard_map$"):
         parallel.Parallel("dp", runtime.select_devices(1), None, None)
 
 
-@pytest.mark.parametrize("kind", ["pmap", "jit"])
+@pytest.mark.parametrize("kind", parallel.STRATEGIES)
 def test_several_steps_per_dispatch_and_host_batches_match_single_steps(kind):
     c = config_lib.base_config()
     c.update(model="mlp_tiny", optimizer="sgd", learning_rate=0.1)
@@ -137,7 +137,7 @@ def test_several_steps_per_dispatch_and_host_batches_match_single_steps(kind):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["pmap", "jit"])
+@pytest.mark.parametrize("kind", parallel.STRATEGIES)
 def test_predict_pads_the_images_to_the_devices_and_matches_the_model_on_the_host(kind):
     c = config_lib.base_config()
     c.model = "mlp_tiny"
@@ -149,7 +149,7 @@ def test_predict_pads_the_images_to_the_devices_and_matches_the_model_on_the_hos
     np.testing.assert_allclose(got, steps.predict_probs(graphdef, state.params, images), atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["pmap", "jit"])
+@pytest.mark.parametrize("kind", parallel.STRATEGIES)
 def test_generate_lays_data_made_on_the_devices_out_as_replicate_does(kind):
     par = parallel.Parallel(kind, runtime.select_devices(8), None, None)
 
