@@ -28,6 +28,7 @@ ALLOWED = {  # config.dataset is checked by _dataset: the shipped names and thos
     "dtype": ("float32", "bfloat16"),
     "conv": ("auto", "xla", "slices"),
     "norm": ("none", "batch"),
+    "cnn_pool": ("avg", "max"),
     "augment_flip": ("no", "yes", "auto"),
 }
 
@@ -41,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mlp_hidden = (128,)  # hidden layer sizes of the `mlp` model
     c.cnn_channels = (32, 64)  # output channels of the `cnn` model's two convolutions
     c.cnn_dense = 256  # units of the `cnn` model's hidden dense layer
+    c.cnn_pool = "avg"  # the `cnn` model's 2×2 pooling after each convolution: avg, max
     c.width = 1  # multiplies every width of the model (MLP hidden sizes, CNN channels and dense units)
     c.dtype = "float32"  # compute dtype; parameters are always float32
     c.conv = "auto"  # convolutions: auto (slices on CPU, xla on GPU/TPU), xla, slices

@@ -122,9 +122,12 @@ def conv_same_slices(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | No
     return y if bias is None else y + bias.astype(dtype)
 
 
+POOLS = ("avg", "max")  # the CNN's pooling after each convolution (config.cnn_pool)
+
+
 class CNN(nnx.Module):
-    """conv 3×3 → [BatchNorm] → relu → avg-pool 2 → conv 3×3 → [BatchNorm] → relu → avg-pool 2 → [dropout] → Dense →
-    relu → [dropout] → Dense(10).
+    """conv 3×3 → [BatchNorm] → relu → pool 2 → conv 3×3 → [BatchNorm] → relu → pool 2 → [dropout] → Dense → relu →
+    [dropout] → Dense(10); ``pool``: ``avg`` (average pooling, the default) or ``max``.
 
     ``conv`` picks how the convolutions run: ``xla`` (``nnx.Conv``: right on GPU/TPU) or ``slices``
     (:func:`conv_same_slices`, faster on CPU); the parameters are the same either way. ``norm="batch"`` adds
@@ -141,12 +144,15 @@ class CNN(nnx.Module):
         rngs: nnx.Rngs,
         norm: str = "none",
         dropout: float = 0.0,
+        pool: str = "avg",
     ):
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r}: allowed: {', '.join(POOLS)}")
         if conv not in CONV_IMPLS:
             raise ValueError(f"conv={conv!r}: allowed: {', '.join(CONV_IMPLS)}")
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r}: allowed: {', '.join(NORMS)}")
-        self.dtype, self.conv, self.dropout = dtype, conv, dropout
+        self.dtype, self.conv, self.dropout, self.pool = dtype, conv, dropout, pool
         c1, c2 = channels
         common = dict(dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         batch = norm == "batch"  # BatchNorm's shift replaces the convolutions' bias (a bias there gets no gradient)
@@ -166,7 +172,8 @@ class CNN(nnx.Module):
         x = self._conv(layer, x)
         if norm is not None:
             x = norm(x, train)
-        return nnx.avg_pool(nnx.relu(x), window_shape=(2, 2), strides=(2, 2))
+        pool = nnx.max_pool if self.pool == "max" else nnx.avg_pool
+        return pool(nnx.relu(x), window_shape=(2, 2), strides=(2, 2))
 
     def __call__(self, x: jnp.ndarray, train: Training | None = None) -> jnp.ndarray:
         x = _scale(x, self.dtype)
@@ -197,6 +204,7 @@ def _cnn(config, dtype, conv, rngs):
         dtype=dtype,
         conv=conv,
         rngs=rngs,
+        pool=config.cnn_pool,
         **regularisation(config, "cnn"),
     )
 

@@ -27,7 +27,7 @@ RECIPE_CONFIG = "fashion_mnist_cnn"  # the config of `harness bench --peers` (th
 # Every key of harness.config.base_config() is in one of these two, so that a new key cannot be left out of the
 # recipe unnoticed (tests/test_peers.py checks it). COPIED: what decides what is trained, which the recipe reads.
 COPIED_KEYS = (
-    *("dataset", "data_dir", "model", "mlp_hidden", "cnn_channels", "cnn_dense", "width", "dtype", "norm"),
+    *("dataset", "data_dir", "model", "mlp_hidden", "cnn_channels", "cnn_dense", "cnn_pool", "width", "dtype", "norm"),
     *("dropout", "augment_translate", "augment_flip", "augment_cutout", "label_smoothing", "eval_flip"),
     *("optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "schedule", "warmup_fraction"),
     *("ema_decay", "batch_size", "num_epochs", "eval_every_epochs", "init_from"),
@@ -99,7 +99,7 @@ class Schedule:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What a peer trains to copy a harness config. ``model`` is ``mlp`` (flatten → Dense(h) relu [dropout] … →
-    Dense(classes)) or ``cnn`` (conv 3×3 'same' → [BatchNorm] → relu → avg-pool 2, twice → flatten → [dropout] →
+    Dense(classes)) or ``cnn`` (conv 3×3 'same' → [BatchNorm] → relu → avg- or max-pool 2, twice → flatten → [dropout] →
     Dense(dense) relu → [dropout] → Dense(classes)), with the widths of the model harness builds (``params``:
     its parameter count, which a peer's model must equal). Weights start lecun-normal, biases zero, as in Flax."""
 
@@ -109,6 +109,7 @@ class Recipe:
     hidden: tuple[int, ...]  # mlp: the hidden layers' sizes
     channels: tuple[int, ...]  # cnn: the two convolutions' output channels
     dense: int  # cnn: the hidden dense layer's units
+    pool: str  # cnn: avg or max, 2×2 after each convolution
     classes: int
     params: int
     batch_norm: bool  # cnn: BatchNorm after each convolution (which then has no bias)
@@ -184,6 +185,7 @@ def recipe(config: ml_collections.ConfigDict | None = None) -> Recipe:
         dataset=c.dataset,
         data_dir=c.data_dir,
         batch_norm=c.norm == "batch",
+        pool=c.cnn_pool,
         bn_momentum=models.BN_MOMENTUM,
         bn_epsilon=models.BN_EPSILON,
         dropout=float(c.dropout),

@@ -34,6 +34,7 @@ TRAJECTORY_KEYS = (
     "mlp_hidden",
     "cnn_channels",
     "cnn_dense",
+    "cnn_pool",
     "width",
     "dtype",
     "batch_size",

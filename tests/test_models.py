@@ -191,3 +191,18 @@ def test_models_with_dropout_evaluate_deterministically_and_train_with_masks(nam
 def test_an_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="norm='layer': allowed: none, batch"):
         models.CNN(norm="layer", rngs=nnx.Rngs(0))
+
+
+def test_max_pooling_keeps_the_parameters_and_takes_each_window_maximum():
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    c = _config("cnn")
+    avg = models.create(c)
+    c.cnn_pool = "max"
+    peak = models.create(c)
+    assert models.param_count(peak) == models.param_count(avg) == 824_458
+    h = np.asarray(nnx.relu(peak.conv1(models._scale(x, jnp.float32))))
+    block = np.asarray(peak._block(peak.conv1, None, models._scale(x, jnp.float32), None))
+    np.testing.assert_allclose(block, h.reshape(4, 14, 2, 14, 2, -1).max(axis=(2, 4)), rtol=1e-6)
+    assert not np.allclose(peak(x), avg(x))  # the same parameters (same seed), another model
+    with pytest.raises(ValueError, match="pool='min': allowed: avg, max"):
+        models.CNN(pool="min", rngs=nnx.Rngs(0))

@@ -114,7 +114,7 @@ def _network(copied: Recipe):
             body.append(layers.Conv2D(channels, 3, padding="same", use_bias=not copied.batch_norm, **init))
             if copied.batch_norm:
                 body.append(layers.BatchNormalization(momentum=copied.bn_momentum, epsilon=copied.bn_epsilon))
-            body += [layers.ReLU(), layers.AveragePooling2D(2)]
+            body += [layers.ReLU(), layers.MaxPooling2D(2) if copied.pool == "max" else layers.AveragePooling2D(2)]
         body += [layers.Flatten(), *drop(), layers.Dense(copied.dense, activation="relu", **init), *drop()]
     body.append(layers.Dense(copied.classes, **init))
     return keras.Sequential([keras.Input((28, 28, 1)), *_augmentation(copied), layers.Rescaling(1 / 255.0), *body])
