@@ -253,6 +253,20 @@ def _suite_rows(args) -> list[dict]:
     )
 
 
+def _accuracy_row(args, overrides: list[str]) -> dict:
+    """``bench accuracy``: the test accuracy the finished runs of ``--config`` reached, one run per seed."""
+    from harness import accuracy
+
+    if not args.workdirs:
+        raise HarnessError("bench accuracy: name the finished runs of --config with --workdirs W1 W2 …")
+    figures = accuracy.figures(args.config, args.workdirs, overrides)
+    for r in figures["runs"]:
+        done = f"after {r['epochs']} epochs, {r['train_seconds']:.0f} s of training"
+        print(f"seed {r['seed']}: test_accuracy {r['accuracy']:.4f} {done}")
+    print(f"{args.config}: median test accuracy {figures['median_accuracy']:.4f} over seeds {figures['seeds']}")
+    return ledger.make_row("accuracy", {"config": args.config, "overrides": list(overrides)}, figures)
+
+
 def _save(rows: list[dict], args) -> None:
     if args.no_ledger:
         for row in rows:
@@ -282,12 +296,15 @@ def run(args, overrides: list[str]) -> int:
     """Dispatches ``harness bench ACTION``."""
     directory = ledger_dir(args)
     _check_args(args)
-    _check_ledger_dir(directory, writing=args.action in ("run", "sweep", "tta", "suite") and not args.no_ledger)
+    writing = args.action in ("run", "sweep", "tta", "suite", "accuracy") and not args.no_ledger
+    _check_ledger_dir(directory, writing=writing)
     if args.action == "run":
         rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
         _save(rows, args)
     elif args.action == "sweep":
         _save([row for point in _points(args) for row in _sweep_rows(point, args)], args)
+    elif args.action == "accuracy":
+        _save([_accuracy_row(args, overrides)], args)
     elif args.action == "suite":
         _save(_suite_rows(args), args)
     elif args.action == "tta":

@@ -87,7 +87,9 @@ def _add_bench(sub) -> None:
         description="Exit status of `bench check`: 0 ok, 1 a regression (or, with --tta, a seed missing --target), "
         "2 bad arguments, 3 no baseline: nothing checked (no ledger row of this machine for these points).",
     )
-    b.add_argument("action", nargs="?", default="run", choices=("run", "sweep", "tta", "report", "check", "suite"))
+    b.add_argument(
+        "action", nargs="?", default="run", choices=("run", "sweep", "tta", "report", "check", "suite", "accuracy")
+    )
     b.add_argument("--models", default="mlp,cnn", help="comma-separated (default mlp,cnn)")
     b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
     b.add_argument("--dtypes", default="float32")
@@ -127,6 +129,7 @@ def _add_bench(sub) -> None:
     )
     b.add_argument("--peers", action="store_true", help="also run the PyTorch/Keras peers (benchmarks/peers)")
     b.add_argument("--tta", action="store_true", help="check: also require every seed to reach --target")
+    b.add_argument("--workdirs", nargs="+", default=[], help="accuracy: finished runs of --config, one per seed")
     b.add_argument("--quick", action="store_true", help="suite: the tiny models only (a test of the suite itself)")
     b.add_argument("--budget", type=float, default=420.0, help="suite: seconds to spend at most (default 420)")
 

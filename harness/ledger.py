@@ -18,7 +18,7 @@ from harness import ceiling, checkpoint, paths, peaks, roofline
 
 SCHEMA_VERSION = 1
 REQUIRED = {"schema": int, "kind": str, "timestamp": str, "fingerprint": dict, "point": dict, "figures": dict}
-KINDS = ("throughput", "sweep_best", "time_to_accuracy", "out_of_memory")
+KINDS = ("throughput", "sweep_best", "time_to_accuracy", "out_of_memory", "accuracy")
 TIMED_KINDS = ("throughput", "sweep_best")
 
 
@@ -232,6 +232,19 @@ def _tta_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _accuracy_table(rows: list[dict]) -> list[str]:
+    lines = ["| device | config | seeds | median test accuracy | spread | median training seconds | commit |"]
+    lines.append("|" + "---|" * 7)
+    for row in rows:
+        f = row["figures"]
+        lines.append(
+            f"| {_device_name(row['fingerprint'])} | {row['point']['config']} | {','.join(map(str, f['seeds']))} | "
+            f"{f['median_accuracy']:.4f} | {f['min_accuracy']:.4f}–{f['max_accuracy']:.4f} | "
+            f"{f['median_train_seconds']:.0f} | {_commit(row)} |"
+        )
+    return lines
+
+
 def _oom_table(rows: list[dict]) -> list[str]:
     lines = ["| device | point | batch | stopped | error | commit |", "|" + "---|" * 6]
     for row in rows:
@@ -251,6 +264,9 @@ def leaderboard(rows: list[dict]) -> str:
     tta = [r for r in rows if r["kind"] == "time_to_accuracy"]
     if tta:
         lines += ["", *_tta_table(tta)]
+    accuracy = [r for r in rows if r["kind"] == "accuracy"]
+    if accuracy:
+        lines += ["", "Test accuracy of full runs (a recipe's claim):", "", *_accuracy_table(accuracy)]
     oom = [r for r in rows if r["kind"] == "out_of_memory"]
     if oom:
         lines += ["", "Out of memory (a batch sweep's end):", "", *_oom_table(oom)]
