@@ -136,10 +136,32 @@ def _stall_shares(results: list[tuple[bench.Point, dict]]) -> None:
             f["data_stall_share"] = max(0.0, 1 - f["examples_per_sec"] / twin["examples_per_sec"])
 
 
+def _trace_dir(point: bench.Point, root: str) -> Path:
+    """``--trace ROOT``'s folder for one point, named after it."""
+    p = point
+    name = f"{p.model}-w{p.width}-b{p.batch_size}-{p.dtype}-{p.parallel}-{p.data}-x{p.steps_per_dispatch}-{p.conv}"
+    return Path(root).expanduser() / name
+
+
+def _measured(point: bench.Point, args) -> dict:
+    """``bench.measure`` of ``point``; with ``--trace``, inside a profiler trace whose top operations are printed
+    (the trace holds the whole measurement: compilation is host work, the operations are the timed steps')."""
+    if not args.trace:
+        return bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)
+    from harness import profiling
+
+    directory = _trace_dir(point, args.trace)
+    with profiling.trace(directory):
+        figures = bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)
+    for line in profiling.summary_lines(directory, n=5):
+        print(line)
+    return {**figures, "trace": str(directory)}
+
+
 def _measure_grid(args) -> list[dict]:
     results, plan = [], None
     for point in _points(args):
-        figures = bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)
+        figures = _measured(point, args)
         plan = _show(point, figures, plan)
         results.append((point, figures))
     _stall_shares(results)

@@ -130,6 +130,9 @@ def _add_bench(sub) -> None:
     b.add_argument("--peers", action="store_true", help="also run the PyTorch/Keras peers (benchmarks/peers)")
     b.add_argument("--tta", action="store_true", help="check: also require every seed to reach --target")
     b.add_argument("--workdirs", nargs="+", default=[], help="accuracy: finished runs of --config, one per seed")
+    b.add_argument(
+        "--trace", metavar="DIR", help="run: a jax.profiler trace of each point in DIR/<point>, top operations printed"
+    )
     b.add_argument("--quick", action="store_true", help="suite: the tiny models only (a test of the suite itself)")
     b.add_argument("--budget", type=float, default=420.0, help="suite: seconds to spend at most (default 420)")
 

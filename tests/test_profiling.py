@@ -102,3 +102,17 @@ def test_training_writes_a_trace_of_the_asked_steps_and_prints_its_top_operation
     assert len(runs) == 2, "\n".join(lines)  # the dispatches of steps 2 and 3 and nothing else (no eval, no step 4)
     with profiling.trace(tmp_path / "again"):  # the run's trace was stopped: another can start
         pass
+
+
+def test_bench_trace_writes_a_trace_per_point_and_prints_its_top_operations(tmp_path, capsys):
+    from harness import cli
+
+    argv = ["bench", "--models", "mlp_tiny", "--batch-sizes", "16", "--windows", "5", "--dispatches", "1"]
+    assert cli.main([*argv, "--num-devices", "1", "--no-ledger", "--trace", str(tmp_path / "traces")]) == 0
+    out = capsys.readouterr().out
+    (point,) = (tmp_path / "traces").iterdir()
+    assert point.name.startswith("mlp_tiny-w1-b16-float32-pmap-device")
+    ops = profiling.top_ops(profiling.latest_trace(point))
+    assert ops and "profile: top" in out
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["figures"]["trace"] == str(point)
