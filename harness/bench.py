@@ -17,7 +17,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -274,16 +274,20 @@ def grid(
     steps_per_dispatch: list[int],
     num_devices: int = 0,
     convs: tuple[str, ...] = ("auto",),
-    widths: Sequence[int] = (1,),
+    widths: Sequence[int] | Mapping[str, Sequence[int]] = (1,),
 ) -> Iterator[Point]:
-    """Every combination, model by model and width by width (the scale axis), skipping fused steps with host data
-    (not supported); convolution variants apply to CNNs only."""
-    axes = (models_, widths, batch_sizes, dtypes, strategies, data_modes, steps_per_dispatch)
-    for m, w, bs, dt, par, data, k in itertools.product(*axes):
-        if data == "host" and k > 1:
-            continue
-        for conv in convs if models.family(m) == "cnn" else ("auto",):
-            yield Point(m, bs, dt, par, data, k, num_devices, conv, width=w)
+    """Every combination, model by model and width by width (the scale axis: the same ``widths`` for every model,
+    or each model's own, width 1 for a model without), skipping fused steps with host data (not supported);
+    convolution variants apply to CNNs only."""
+    for m in models_:
+        ladder = widths.get(m, (1,)) if isinstance(widths, Mapping) else widths
+        for w, bs, dt, par, data, k in itertools.product(
+            ladder, batch_sizes, dtypes, strategies, data_modes, steps_per_dispatch
+        ):
+            if data == "host" and k > 1:
+                continue
+            for conv in convs if models.family(m) == "cnn" else ("auto",):
+                yield Point(m, bs, dt, par, data, k, num_devices, conv, width=w)
 
 
 def out_of_memory(error: BaseException) -> bool:

@@ -65,9 +65,10 @@ def _points(args) -> list[bench.Point]:
     from harness.config import ALLOWED
     from harness.models import MODELS
 
+    names = _words(args.models, "models", tuple(MODELS))
     points = list(
         bench.grid(
-            _words(args.models, "models", tuple(MODELS)),
+            names,
             _ints(args.batch_sizes, "batch-sizes"),
             _words(args.dtypes, "dtypes", ALLOWED["dtype"]),
             _words(args.parallel, "parallel", ALLOWED["parallel"]),
@@ -75,10 +76,31 @@ def _points(args) -> list[bench.Point]:
             _steps_per_dispatch(args.steps_per_dispatch),
             args.num_devices,
             tuple(_words(args.conv, "conv", ALLOWED["conv"])),
-            _ints(args.widths, "widths"),
+            _widths(args.widths, names),
         )
     )
     return [bench.resolve(dataclasses.replace(p, micro_batches=args.micro_batches)) for p in points]
+
+
+def _widths(texts: list[str] | None, names: list[str]) -> dict[str, list[int]]:
+    """``--widths``: multipliers of every model's widths (``1,4,16``), or of one model's (``mlp=1,8,32``; the flag
+    repeats); a model given none runs at width 1."""
+    found: dict[str, list[int]] = {}
+    for text in texts or ["1"]:
+        name, named, values = text.rpartition("=")
+        if named and name not in names:
+            raise HarnessError(f"--widths={text!r}: {name!r} is not one of --models ({', '.join(names)})")
+        try:
+            ladder = _ints(values, "widths")
+        except HarnessError:
+            raise HarnessError(
+                f"--widths={text!r}: expected comma-separated positive integers (1,4,16) or MODEL=integers (mlp=1,8,32)"
+            ) from None
+        for m in [name] if named else names:
+            if m in found:
+                raise HarnessError(f"--widths={text!r}: {m} already has widths {','.join(map(str, found[m]))}")
+            found[m] = ladder
+    return {m: found.get(m, [1]) for m in names}
 
 
 def _steps_per_dispatch(text: str) -> list[int]:

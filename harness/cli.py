@@ -95,7 +95,10 @@ def _add_bench(sub) -> None:
     b.add_argument("--dtypes", default="float32")
     b.add_argument("--parallel", default="pmap", help="pmap, jit, shard_map; comma-separated, e.g. pmap,shard_map")
     b.add_argument(
-        "--widths", default="1", help="comma-separated multipliers of the models' widths, e.g. 1,4,16 (default 1)"
+        "--widths",
+        action="append",
+        help="multipliers of the models' widths, comma-separated: 1,4,16 for every model, or MODEL=1,8,32 for one "
+        "(repeat the flag per model); default 1",
     )
     b.add_argument(
         "--data",

@@ -210,6 +210,17 @@ def test_grid_has_a_width_axis_inside_each_model():
     ]
     assert {p.data for p in points} == {"synthetic"}
     assert [p.width for p in bench.grid(["mlp"], [8], ["float32"], ["pmap"], ["device"], [1])] == [1]
+    own = bench.grid(["mlp", "cnn"], [8], ["float32"], ["pmap"], ["device"], [1], widths={"mlp": [1, 32], "cnn": [2]})
+    assert [(p.model, p.width) for p in own] == [("mlp", 1), ("mlp", 32), ("cnn", 2)]
+
+
+def test_widths_for_every_model_or_each_its_own():
+    from harness.bench_cli import _widths
+
+    assert _widths(None, ["mlp", "cnn"]) == {"mlp": [1], "cnn": [1]}
+    assert _widths(["1,4"], ["mlp", "cnn"]) == {"mlp": [1, 4], "cnn": [1, 4]}
+    assert _widths(["mlp=1,8,32", "cnn=1,2"], ["mlp", "cnn"]) == {"mlp": [1, 8, 32], "cnn": [1, 2]}
+    assert _widths(["cnn=4"], ["mlp", "cnn"]) == {"mlp": [1], "cnn": [4]}  # a model without: width 1
 
 
 @pytest.mark.parametrize("kind", ["pmap", "jit"])
@@ -313,10 +324,13 @@ def bench_cli_run(capsys, *argv):
         (["run", "--num-devices", "-1"], "--num-devices=-1: must be 0 (auto) or positive"),
         (["run", "--micro-batches", "-2"], "--micro-batches=-2"),
         (["run", "--steps-per-dispatch", "auto,2"], "--steps-per-dispatch='auto,2'"),
-        (["run", "--widths", "0"], "--widths='0': expected positive integers"),
-        (["run", "--widths", "1,-4"], "--widths='1,-4': expected positive integers"),
-        (["run", "--widths", "2x"], "--widths='2x': expected comma-separated integers"),
+        (["run", "--widths", "0"], "--widths='0': expected comma-separated positive integers (1,4,16) or MODEL="),
+        (["run", "--widths", "1,-4"], "--widths='1,-4': expected comma-separated positive integers"),
+        (["run", "--widths", "2x"], "--widths='2x': expected comma-separated positive integers"),
         (["sweep", "--widths", ","], "--widths=','"),
+        (["run", "--widths", "mlp=0"], "--widths='mlp=0': expected comma-separated positive integers"),
+        (["run", "--widths", "resnet=2"], "--widths='resnet=2': 'resnet' is not one of --models (mlp, cnn)"),
+        (["run", "--widths", "1,2", "--widths", "cnn=4"], "--widths='cnn=4': cnn already has widths 1,2"),
         (["run", "--data", "dataset"], "--data='dataset': allowed: device, host, synthetic"),
     ],
 )
