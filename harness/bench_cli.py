@@ -215,17 +215,27 @@ def _sweep_rows(point: bench.Point, args) -> list[dict]:
 def _peer_rows(args) -> list[dict]:
     from harness import peers
 
+    names = args.models.split(",")
+    scale = [
+        (m, w, bs)
+        for m, ws in _widths(args.widths, names).items()
+        for w in ws
+        for bs in _ints(args.batch_sizes, "batch-sizes")
+    ]
     rows = []
     for name, available, why in peers.available():
         if not available:
             print(f"peer {name}: skipped ({why})")
             continue
-        for model in args.models.split(","):
-            for bs in _ints(args.batch_sizes, "batch-sizes"):
-                figures = peers.measure(name, model, bs, windows=args.windows, dispatches_per_window=args.dispatches)
-                print(f"peer {name:<18} {model:<6} b{bs:<6} {figures['examples_per_sec']:>12,.0f} ex/s", flush=True)
-                point = {"model": model, "batch_size": bs, "dtype": "float32", "peer": name}
-                rows.append(ledger.make_row("throughput", point, figures, framework=name))
+        for model, width, bs in scale:  # the same models, widths and batch sizes as harness's rows
+            kw = {"windows": args.windows, "dispatches_per_window": args.dispatches}
+            figures = peers.measure(name, model, bs, width, **kw)
+            print(
+                f"peer {name:<18} {model:<6} w{width:<3} b{bs:<6} {figures['examples_per_sec']:>12,.0f} ex/s",
+                flush=True,
+            )
+            point = {"model": model, "width": width, "batch_size": bs, "dtype": "float32", "peer": name}
+            rows.append(ledger.make_row("throughput", point, figures, framework=name))
     return rows
 
 

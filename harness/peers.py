@@ -223,12 +223,21 @@ def available() -> list[tuple[str, bool, str]]:
     return [(m.NAME, *m.available()) for m in modules()]
 
 
-def measure(name: str, model: str, batch_size: int, **kw) -> dict:
-    """Times peer ``name`` on ``model`` at ``batch_size``."""
+def measure(name: str, model: str, batch_size: int, width: int = 1, **kw) -> dict:
+    """Times peer ``name`` on harness's model ``model`` with its widths times ``width`` (``config.width``) at
+    ``batch_size``."""
     for m in modules():
         if name == m.NAME:
-            return m.measure(model, batch_size, **kw)
+            return m.measure(model, batch_size, width=width, **kw)
     raise KeyError(name)
+
+
+def scaled(model: str, width: int = 1) -> Recipe:
+    """The recipe of the shipped config's training with ``model`` at ``width``: what a peer's throughput model
+    copies (its widths and parameter count are those of the model harness builds)."""
+    from harness import config as config_lib
+
+    return recipe(config_lib.load(RECIPE_CONFIG, [f"model={model}", f"width={width}"]))
 
 
 def time_to_accuracy(name: str, copied: Recipe, target: float, seeds: list[int]) -> dict | None:

@@ -272,6 +272,48 @@ def test_widths_rows_carry_the_width_and_parameter_count(capsys, tmp_path):
     assert "w3 " in lines[1] and "38.2k params" in lines[1]
 
 
+FAKE_PEER = """
+from harness.bench import summarize
+
+NAME = "fake-peer"
+
+
+def available():
+    return True, ""
+
+
+def measure(model, batch_size, width=1, windows=7, dispatches_per_window=8):
+    return {**summarize([0.01] * windows, batch_size), "seen": [model, width, batch_size, dispatches_per_window]}
+"""
+
+
+def test_peers_run_at_the_same_widths_and_batch_sizes(monkeypatch, capsys, tmp_path):
+    """`--peers` times each peer at every model, width and batch size of the harness rows (a fake peer here: torch
+    and keras are optional extras)."""
+    import argparse
+
+    from harness import bench_cli, peers
+
+    (tmp_path / "fake.py").write_text(FAKE_PEER)
+    monkeypatch.setattr(peers, "PEERS_DIR", tmp_path)
+    args = argparse.Namespace(
+        models="mlp,cnn", widths=["mlp=1,4", "cnn=2"], batch_sizes="16,32", windows=5, dispatches=1
+    )
+    rows = bench_cli._peer_rows(args)
+    seen = [tuple(r["figures"]["seen"]) for r in rows]
+    assert seen == [
+        ("mlp", 1, 16, 1),
+        ("mlp", 1, 32, 1),
+        ("mlp", 4, 16, 1),
+        ("mlp", 4, 32, 1),
+        ("cnn", 2, 16, 1),
+        ("cnn", 2, 32, 1),
+    ]
+    assert [(r["point"]["model"], r["point"]["width"], r["point"]["batch_size"]) for r in rows] == [s[:3] for s in seen]
+    assert {r["framework"] for r in rows} == {"fake-peer"} and all(ledger.validate(r) == [] for r in rows)
+    assert "peer fake-peer          mlp    w4   b32" in capsys.readouterr().out
+
+
 def test_bad_points_are_refused():
     with pytest.raises(ConfigError, match="allowed: device, host"):
         bench.measure(dataclasses.replace(TINY, data="disk"))

@@ -151,11 +151,26 @@ def test_bench_tta_peers_train_the_config_being_timed(monkeypatch, capsys):
     assert bench_cli._median_text(missed) == "not reached by any of 3 seeds"
 
 
+@pytest.mark.parametrize(
+    ("name", "width", "sizes", "params"),
+    [
+        ("mlp", 4, {"model": "mlp", "hidden": (512,)}, 784 * 512 + 512 + 512 * 10 + 10),
+        ("cnn", 2, {"model": "cnn", "channels": (64, 128), "dense": 512}, 3_291_402),
+        ("cnn_tiny", 3, {"model": "cnn", "channels": (12, 24), "dense": 48}, 59_722),
+    ],
+)
+def test_peers_time_the_model_harness_builds_at_each_width(name, width, sizes, params):
+    copied = peers.scaled(name, width)
+    assert {k: getattr(copied, k) for k in sizes} == sizes and copied.params == params
+
+
 def test_the_peer_modules_read_the_recipe_not_literals():
     for module in peers.modules():
         assert module.recipe is peers.recipe, module.NAME
         source = Path(module.__file__).read_text()
         assert "1e-3" not in source and "batch_size=128" not in source, module.NAME
+        widths = ("(784, 128)", "Conv2d(1, 32", "64, 256", "Dense(128", "Dense(256", "Conv2D(32")  # the recipe's
+        assert not [w for w in widths if w in source], module.NAME
 
 
 # --- the Keras peer itself (the `[peers]` extra) ---

@@ -183,21 +183,20 @@ def accuracy(net, copied: Recipe, images: np.ndarray, labels: np.ndarray) -> flo
             variable.assign(value)
 
 
-def _model(name: str):
-    from harness import config as config_lib
+def _model(name: str, width: int = 1):
     from harness import peers
 
-    if name not in ("mlp", "cnn"):
-        raise ValueError(f"peer model {name!r}: mlp or cnn")
-    return _network(recipe(config_lib.load(peers.RECIPE_CONFIG, [f"model={name}"])))
+    return _network(peers.scaled(name, width))
 
 
-def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window: int = 8, warmup: int = 3) -> dict:
+def measure(
+    model: str, batch_size: int, width: int = 1, windows: int = 7, dispatches_per_window: int = 8, warmup: int = 3
+) -> dict:
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    net = _model(model)
+    net = _model(model, width)
     net.compile(
         optimizer=keras.optimizers.Adam(recipe().schedule.peak),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -21,33 +22,34 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def _model(name: str):
+def _model(name: str, width: int = 1):
+    """harness's model ``name`` at ``width``, as the recipe describes it ('SAME' convolutions, its pooling)."""
     from torch import nn
 
-    if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    if name == "cnn":  # same layers as harness.models.CNN ('SAME' padding, avg-pool 2)
-        return nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.AvgPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.AvgPool2d(2),
-            nn.Flatten(),
-            nn.Linear(7 * 7 * 64, 256),
-            nn.ReLU(),
-            nn.Linear(256, 10),
-        )
-    raise ValueError(f"peer model {name!r}: mlp or cnn")
+    from harness import peers
+
+    copied = peers.scaled(name, width)
+    if copied.model == "mlp":
+        sizes = (28 * 28, *copied.hidden)
+        hidden = [layer for i, o in itertools.pairwise(sizes) for layer in (nn.Linear(i, o), nn.ReLU())]
+        return nn.Sequential(nn.Flatten(), *hidden, nn.Linear(sizes[-1], copied.classes))
+    pool = nn.MaxPool2d if copied.pool == "max" else nn.AvgPool2d
+    (c1, c2), dense = copied.channels, copied.dense
+    return nn.Sequential(
+        *(nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), pool(2)),
+        *(nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), pool(2)),
+        *(nn.Flatten(), nn.Linear(7 * 7 * c2, dense), nn.ReLU(), nn.Linear(dense, copied.classes)),
+    )
 
 
-def measure(model: str, batch_size: int, windows: int = 7, dispatches_per_window: int = 8, warmup: int = 3) -> dict:
+def measure(
+    model: str, batch_size: int, width: int = 1, windows: int = 7, dispatches_per_window: int = 8, warmup: int = 3
+) -> dict:
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    net = _model(model)
+    net = _model(model, width)
     opt = torch.optim.Adam(net.parameters(), lr=recipe().schedule.peak)
     loss_fn = torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(0)
