@@ -125,6 +125,14 @@ def conv_same_slices(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | No
 POOLS = ("avg", "max")  # the CNN's pooling after each convolution (config.cnn_pool)
 
 
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """2×2 max pooling, stride 2, of an NHWC batch with even H and W: ``nnx.max_pool``'s values as a reshape and a
+    max. XLA:CPU runs its gradient as elementwise compares, ~9× faster than ``max_pool``'s select-and-scatter (an
+    18.2 vs 2.0 ms gradient at 32×28×28×32 on the 2-core EPYC), so the max-pooling CNN trains 2.4× faster."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class CNN(nnx.Module):
     """conv 3×3 → [BatchNorm] → relu → pool 2 → conv 3×3 → [BatchNorm] → relu → pool 2 → [dropout] → Dense → relu →
     [dropout] → Dense(10); ``pool``: ``avg`` (average pooling, the default) or ``max``.
@@ -172,8 +180,9 @@ class CNN(nnx.Module):
         x = self._conv(layer, x)
         if norm is not None:
             x = norm(x, train)
-        pool = nnx.max_pool if self.pool == "max" else nnx.avg_pool
-        return pool(nnx.relu(x), window_shape=(2, 2), strides=(2, 2))
+        if self.pool == "max":
+            return max_pool_2x2(nnx.relu(x))
+        return nnx.avg_pool(nnx.relu(x), window_shape=(2, 2), strides=(2, 2))
 
     def __call__(self, x: jnp.ndarray, train: Training | None = None) -> jnp.ndarray:
         x = _scale(x, self.dtype)

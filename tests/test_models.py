@@ -203,6 +203,19 @@ def test_max_pooling_keeps_the_parameters_and_takes_each_window_maximum():
     h = np.asarray(nnx.relu(peak.conv1(models._scale(x, jnp.float32))))
     block = np.asarray(peak._block(peak.conv1, None, models._scale(x, jnp.float32), None))
     np.testing.assert_allclose(block, h.reshape(4, 14, 2, 14, 2, -1).max(axis=(2, 4)), rtol=1e-6)
+    np.testing.assert_array_equal(block, nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2)))
     assert not np.allclose(peak(x), avg(x))  # the same parameters (same seed), another model
     with pytest.raises(ValueError, match="pool='min': allowed: avg, max"):
         models.CNN(pool="min", rngs=nnx.Rngs(0))
+
+
+def test_max_pool_2x2_has_nnx_max_pools_values_and_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 8))
+
+    def ref(v):
+        return nnx.max_pool(v, window_shape=(2, 2), strides=(2, 2))
+
+    np.testing.assert_array_equal(models.max_pool_2x2(x), ref(x))
+    w = jax.random.normal(jax.random.key(1), (2, 14, 14, 8))
+    grads = [jax.grad(lambda v, f=f: (f(v) * w).sum())(x) for f in (models.max_pool_2x2, ref)]
+    np.testing.assert_array_equal(*grads)
