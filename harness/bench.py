@@ -158,18 +158,24 @@ class _Runner:
         self.par, self.state = run.par, run.state
         self.params = sum(int(np.size(p)) for p in jax.tree.leaves(run.host_state.params))
         self.cursor = 0
-        if point.data == "synthetic":  # one batch made on the devices, every step's indices the same
-            self.n, self.host = point.batch_size, None
-            self.data = self.par.generate(partial(synthetic_examples, point.batch_size, seed))
+        self._place_data(seed)
+
+    def _place_data(self, seed: int) -> None:
+        """The point's data mode: one synthetic batch made on the devices (its indices placed once), or random
+        examples as many as a training split on the host, placed on the devices unless fed from the host."""
+        bs = self.point.batch_size
+        if self.point.data == "synthetic":
+            self.n, self.host = bs, None
+            self.data = self.par.generate(partial(synthetic_examples, bs, seed))
             self.fixed = self.par.shard_indices(self._indices())
             return
         rng = np.random.default_rng(seed)
-        self.n = max(RESIDENT_EXAMPLES, 2 * point.batch_size)
+        self.n = max(RESIDENT_EXAMPLES, 2 * bs)
         self.host = {
             "image": rng.integers(0, 256, (self.n, 28, 28, 1), dtype=np.uint8),
             "label": rng.integers(0, 10, self.n).astype(np.int32),
         }
-        self.data = self.par.replicate(self.host) if point.data == "device" else None
+        self.data = self.par.replicate(self.host) if self.point.data == "device" else None
 
     def _indices(self) -> np.ndarray:
         k, bs = self.point.steps_per_dispatch, self.point.batch_size
