@@ -36,6 +36,7 @@ def _args(workdir, data_dir):
         "num_epochs": 3,
         "batch_size": 32,
         "checkpoint_every_steps": EVERY,
+        "checkpoint_min_seconds": 0,  # every epoch's end saves too (its best-kept checkpoint), however fast
         "log_every_steps": 1,
         "keep_checkpoints": 2,
         "keep_best": 1,
