@@ -29,7 +29,8 @@ def _run(workdir: Path, expected: dict) -> dict:
     for key in (*TRAJECTORY_KEYS, "num_epochs", "eval_flip"):
         if key != "seed" and key in expected and saved.get(key, expected[key]) != expected[key]:
             raise HarnessError(f"{workdir}: config.{key}={saved.get(key)!r}, but the recipe has {expected[key]!r}")
-    evals = [r for r in read_metrics(workdir) if r.get("kind") == "eval"]
+    rows = read_metrics(workdir)
+    evals = [r for r in rows if r.get("kind") == "eval"]
     if not evals or evals[-1]["epoch"] != expected["num_epochs"]:
         done = evals[-1]["epoch"] if evals else 0
         raise HarnessError(f"{workdir}: evaluated up to epoch {done} of {expected['num_epochs']}: not finished")
@@ -38,7 +39,7 @@ def _run(workdir: Path, expected: dict) -> dict:
     made = json.loads(records[-1].read_text()).get("fingerprint", {}) if records else {}
     if (made.get("platform"), made.get("device_kind")) != (here["platform"], here["device_kind"]):
         raise HarnessError(f"{workdir}: trained on {made.get('device_kind', 'an unknown device')}, not on this machine")
-    seconds = sum(r.get("epoch_seconds", 0.0) for r in read_metrics(workdir) if "epoch_seconds" in r)
+    seconds = sum(r["epoch_seconds"] for r in rows if "epoch_seconds" in r)
     last = evals[-1]
     return {
         "seed": saved["seed"],
