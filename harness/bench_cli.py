@@ -194,15 +194,12 @@ def _sweep_rows(point: bench.Point, args) -> list[dict]:
     """One batch sweep's rows: every size measured, the size that ran out of memory (an ``out_of_memory`` row
     saying so, where one did), and the best size."""
     tried = bench.sweep(point, windows=args.windows, dispatches_per_window=args.dispatches)
-    rows, plan = [], None
-    for t in tried:
-        if t["figures"] is None:
-            print(f"batch {t['point'].batch_size}: out of memory, the sweep stops here ({t['error']})")
-            figures = {"stopped": t["stopped"], "error": t["error"]}
-            rows.append(ledger.make_row("out_of_memory", dataclasses.asdict(t["point"]), figures))
-            continue
-        plan = _show(t["point"], t["figures"], plan)
-        rows.append(ledger.make_row("throughput", dataclasses.asdict(t["point"]), t["figures"]))
+    shown = {"plan": None}
+
+    def show(p: bench.Point, f: dict) -> None:
+        shown["plan"] = _show(p, f, shown["plan"])
+
+    rows = ledger.tried_rows(tried, show)
     measured = [t for t in tried if t["figures"]]
     if not measured:
         print(f"no batch size from {point.batch_size} fit in memory")

@@ -5,6 +5,7 @@ stored baseline of the same machine. Rows written before a field existed read as
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import ceiling, checkpoint, paths, peaks, roofline
@@ -90,6 +92,24 @@ def make_row(kind: str, point: dict, figures: dict, fp: dict | None = None, fram
     if problems:
         raise ValueError(f"invalid ledger row: {problems[0]}")
     return row
+
+
+def tried_rows(
+    tried: list[dict], show: Callable, print_fn: Callable[[str], None] = print, extra: dict | None = None
+) -> list[dict]:
+    """The rows of the sizes a batch sweep tried (:func:`harness.bench.sweep`; one measured point is a sweep of one):
+    a throughput row per measured size, which ``show(point, figures)`` prints, and an ``out_of_memory`` row for the
+    size that ran out, said with ``print_fn``. ``extra`` goes into every row's figures."""
+    rows, extra = [], extra or {}
+    for t in tried:
+        point = dataclasses.asdict(t["point"])
+        if t["figures"] is None:
+            print_fn(f"batch {t['point'].batch_size}: out of memory, the sweep stops here ({t['error']})")
+            rows.append(make_row("out_of_memory", point, {"stopped": t["stopped"], "error": t["error"], **extra}))
+            continue
+        show(t["point"], t["figures"])
+        rows.append(make_row("throughput", point, {**t["figures"], **extra}))
+    return rows
 
 
 def validate(row: dict) -> list[str]:

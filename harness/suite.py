@@ -104,16 +104,7 @@ def _measure_part(part: Part, s: Sizes, budget: Budget, show: Callable, print_fn
             tried = bench.sweep(point, max_batch=s.max_batch, windows=s.windows, dispatches_per_window=s.dispatches)
         else:
             tried = [{"point": point, "figures": bench.measure(point, s.windows, s.dispatches)}]
-        for t in tried:
-            if t["figures"] is None:
-                print_fn(f"{part.name}: batch {t['point'].batch_size} ran out of memory ({t['error']})")
-                figures = {"stopped": t["stopped"], "error": t["error"], "suite": part.name}
-                rows.append(ledger.make_row("out_of_memory", dataclasses.asdict(t["point"]), figures))
-                continue
-            show(t["point"], t["figures"])
-            rows.append(
-                ledger.make_row("throughput", dataclasses.asdict(t["point"]), {**t["figures"], "suite": part.name})
-            )
+        rows += ledger.tried_rows(tried, show, lambda line: print_fn(f"{part.name}: {line}"), {"suite": part.name})
     return rows
 
 

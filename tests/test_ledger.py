@@ -238,3 +238,23 @@ def test_check_with_tta_fails_when_a_seed_misses_the_bound(tmp_path, capsys, tin
     frozen = [*over, "--config.learning_rate=1e-9"]  # a model that cannot learn never reaches the bound
     assert cli.main(["bench", "check", *common, "--target", "0.9", *frozen]) == 1
     assert "0/1 seeds reached 0.9" in capsys.readouterr().out
+
+
+def test_tried_rows_turn_a_sweep_into_throughput_and_out_of_memory_rows(monkeypatch):
+    """One throughput row per measured size (shown), one out_of_memory row where memory ran out (said), the extra
+    figures in both."""
+    from harness import bench
+
+    monkeypatch.setattr(ledger, "fingerprint", lambda: FP)
+    small, big = bench.Point("mlp", 16), bench.Point("mlp", 32)
+    measured = _row(bs=16)["figures"]
+    tried = [
+        {"point": small, "figures": measured},
+        {"point": big, "figures": None, "stopped": "out of memory", "error": "RESOURCE_EXHAUSTED: 9 GiB"},
+    ]
+    shown, said = [], []
+    rows = ledger.tried_rows(tried, lambda p, f: shown.append(p), said.append, {"suite": "sweep"})
+    assert [r["kind"] for r in rows] == ["throughput", "out_of_memory"] and shown == [small]
+    assert rows[0]["figures"] == {**measured, "suite": "sweep"} and rows[1]["point"]["batch_size"] == 32
+    assert rows[1]["figures"] == {"stopped": "out of memory", "error": "RESOURCE_EXHAUSTED: 9 GiB", "suite": "sweep"}
+    assert said == ["batch 32: out of memory, the sweep stops here (RESOURCE_EXHAUSTED: 9 GiB)"]
