@@ -209,30 +209,49 @@ def _sweep_rows(point: bench.Point, args) -> list[dict]:
     return [*rows, ledger.make_row("sweep_best", dataclasses.asdict(best["point"]), best["figures"])]
 
 
+def _peer_answers(module, calls: list[dict]):
+    """(call, figures) per answered call of :func:`harness.peers.run`, saying what it skipped or what failed."""
+    from harness import peers
+
+    try:
+        answers = peers.run(module, calls)
+        first = next(answers)
+        if not first["available"]:
+            print(f"peer {module.NAME}: skipped ({first['why']})")
+            return
+        for call, answer in zip(calls, answers, strict=False):
+            if "error" in answer:
+                print(f"peer {module.NAME}: failed at {call['kwargs']} ({answer['error']})")
+            elif answer["figures"] is not None:
+                yield call, answer["figures"]
+            else:
+                print(f"peer {module.NAME}: skipped (no {call['fn'].replace('_', '-')} run)")
+    except peers.PeerFailed as e:
+        print(f"peer {module.NAME}: failed ({e}); its other points are not measured")
+
+
 def _peer_rows(args) -> list[dict]:
+    """Each peer, in a process of its own, at the same models, widths and batch sizes as harness's rows."""
     from harness import peers
 
     names = args.models.split(",")
-    scale = [
-        (m, w, bs)
+    kw = {"windows": args.windows, "dispatches_per_window": args.dispatches}
+    calls = [
+        peers.measure_call(m, bs, w, **kw)
         for m, ws in _widths(args.widths, names).items()
         for w in ws
         for bs in _ints(args.batch_sizes, "batch-sizes")
     ]
     rows = []
-    for name, available, why in peers.available():
-        if not available:
-            print(f"peer {name}: skipped ({why})")
-            continue
-        for model, width, bs in scale:  # the same models, widths and batch sizes as harness's rows
-            kw = {"windows": args.windows, "dispatches_per_window": args.dispatches}
-            figures = peers.measure(name, model, bs, width, **kw)
+    for module in peers.modules():
+        for call, figures in _peer_answers(module, calls):
+            model, width, bs = (call["kwargs"][k] for k in ("model", "width", "batch_size"))
             print(
-                f"peer {name:<18} {model:<6} w{width:<3} b{bs:<6} {figures['examples_per_sec']:>12,.0f} ex/s",
+                f"peer {module.NAME:<18} {model:<6} w{width:<3} b{bs:<6} {figures['examples_per_sec']:>12,.0f} ex/s",
                 flush=True,
             )
-            point = {"model": model, "width": width, "batch_size": bs, "dtype": "float32", "peer": name}
-            rows.append(ledger.make_row("throughput", point, figures, framework=name))
+            point = {"model": model, "width": width, "batch_size": bs, "dtype": "float32", "peer": module.NAME}
+            rows.append(ledger.make_row("throughput", point, figures, framework=module.NAME))
     return rows
 
 
@@ -268,18 +287,15 @@ def _peer_tta_rows(args, overrides: list[str]) -> list[dict]:
     except peers.CannotFollow as e:
         print(f"peers: skipped (they cannot train {args.config}: {e})")
         return []
-    seeds = _seeds(args.seeds)
+    calls = [peers.tta_call(copied, args.target, _seeds(args.seeds))]
     rows = []
-    for name, available, why in peers.available():
-        figures = peers.time_to_accuracy(name, copied, args.target, seeds) if available else None
-        if figures is None:
-            print(f"peer {name}: skipped ({why or 'no time-to-accuracy run'})")
-            continue
-        print(f"peer {name}: time to {args.target}: {_median_text(figures)}")
-        for difference in figures.get("differences", []):
-            print(f"  differs from harness: {difference}")
-        point = {"config": args.config, "target": args.target, "overrides": list(overrides), "peer": name}
-        rows.append(ledger.make_row("time_to_accuracy", point, figures, framework=name))
+    for module in peers.modules():
+        for _, figures in _peer_answers(module, calls):
+            print(f"peer {module.NAME}: time to {args.target}: {_median_text(figures)}")
+            for difference in figures.get("differences", []):
+                print(f"  differs from harness: {difference}")
+            point = {"config": args.config, "target": args.target, "overrides": list(overrides), "peer": module.NAME}
+            rows.append(ledger.make_row("time_to_accuracy", point, figures, framework=module.NAME))
     return rows
 
 

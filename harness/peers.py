@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import ml_collections
@@ -137,6 +144,12 @@ class Recipe:
         """Plain JSON-ready values (ledger figures)."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        """The recipe of :meth:`as_dict`'s values (read back as JSON: lists for tuples)."""
+        tuples = {k: tuple(values[k]) for k in ("hidden", "channels")}
+        return cls(**{**values, **tuples, "schedule": Schedule(**values["schedule"])})
+
 
 def _refusal(c: ml_collections.ConfigDict, known_models) -> str:
     """Why the peers cannot train ``c`` at all ('' when they can)."""
@@ -207,29 +220,17 @@ def recipe(config: ml_collections.ConfigDict | None = None) -> Recipe:
     )
 
 
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"harness_peer_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def modules() -> list[ModuleType]:
-    """The peer modules shipped in ``benchmarks/peers`` (the project's own code, in every wheel)."""
-    found = []
-    for path in sorted(PEERS_DIR.glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"harness_peer_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        found.append(module)
-    return found
-
-
-def available() -> list[tuple[str, bool, str]]:
-    """(name, usable here, why not) for every peer."""
-    return [(m.NAME, *m.available()) for m in modules()]
-
-
-def measure(name: str, model: str, batch_size: int, width: int = 1, **kw) -> dict:
-    """Times peer ``name`` on harness's model ``model`` with its widths times ``width`` (``config.width``) at
-    ``batch_size``."""
-    for m in modules():
-        if name == m.NAME:
-            return m.measure(model, batch_size, width=width, **kw)
-    raise KeyError(name)
+    """The peer modules shipped in ``benchmarks/peers`` (the project's own code, in every wheel). Loading one
+    imports no framework: that happens in :func:`run`'s own process."""
+    return [_load(path) for path in sorted(PEERS_DIR.glob("*.py"))]
 
 
 def scaled(model: str, width: int = 1) -> Recipe:
@@ -240,9 +241,81 @@ def scaled(model: str, width: int = 1) -> Recipe:
     return recipe(config_lib.load(RECIPE_CONFIG, [f"model={model}", f"width={width}"]))
 
 
-def time_to_accuracy(name: str, copied: Recipe, target: float, seeds: list[int]) -> dict | None:
-    """Peer ``name``'s time to ``target`` test accuracy training ``copied``; None when it cannot train to one."""
-    for m in modules():
-        if name == m.NAME:
-            return m.time_to_accuracy(copied, target, seeds) if hasattr(m, "time_to_accuracy") else None
-    raise KeyError(name)
+def measure_call(model: str, batch_size: int, width: int = 1, **kw) -> dict:
+    """A :func:`run` call timing harness's model ``model`` with its widths times ``width`` at ``batch_size``
+    (``kw``: the peer's ``measure`` options: ``windows``, ``dispatches_per_window``)."""
+    return {"fn": "measure", "kwargs": {"model": model, "batch_size": batch_size, "width": width, **kw}}
+
+
+def tta_call(copied: Recipe, target: float, seeds: list[int]) -> dict:
+    """A :func:`run` call training ``copied`` to ``target`` test accuracy for each seed."""
+    return {"fn": "time_to_accuracy", "kwargs": {"copied": copied.as_dict(), "target": target, "seeds": seeds}}
+
+
+class PeerFailed(RuntimeError):
+    """A peer's process died (a crash inside its framework); the message has its exit status and last words."""
+
+
+def run(module: ModuleType, calls: list[dict]) -> Iterator[dict]:
+    """Runs ``calls`` (:func:`measure_call`, :func:`tta_call`) of peer ``module`` in a Python process of its own:
+    one framework per process, as each expects (TensorFlow and PyTorch crash when they share one: a segfault in
+    the first PyTorch step after a Keras/TF one, seen with torch 2.14 and TF 2.21), and no framework's threads in
+    harness's. Yields ``{"available": bool, "why": str}`` first, then per call, as each finishes, ``{"figures":
+    dict}`` (None: the peer does not do that), or ``{"error": first line}``; :class:`PeerFailed` if it dies."""
+    env = dict(os.environ)  # the checkout's or the wheel's harness, wherever this one came from
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(paths.PACKAGE_ROOT.parent), env.get("PYTHONPATH"))))
+    request = json.dumps({"path": module.__file__, "calls": calls})
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "harness.peers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        try:
+            child.stdin.write(request)
+            child.stdin.close()
+            for line in child.stdout:
+                yield json.loads(line)
+            if child.wait():
+                err.seek(0)
+                last = [line.strip() for line in err.read().splitlines() if line.strip()][-2:]
+                raise PeerFailed(f"its process ended with status {child.returncode}: {' | '.join(last) or 'no output'}")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def _answer(module: ModuleType, call: dict) -> dict | None:
+    kw = call["kwargs"]
+    if call["fn"] == "measure":
+        return module.measure(**kw)
+    if not hasattr(module, "time_to_accuracy"):
+        return None
+    copied = Recipe.from_dict(kw["copied"])
+    return module.time_to_accuracy(copied, kw["target"], kw["seeds"])
+
+
+def _serve() -> None:
+    """The peer's process (``python -m harness.peers``): a request on stdin, one JSON line per answer on the
+    original stdout; everything else the frameworks print (on either stream) goes to stderr."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    request = json.load(sys.stdin)
+    module = _load(Path(request["path"]))
+    ok, why = module.available()
+    print(json.dumps({"available": ok, "why": why}), file=answers)
+    for call in request["calls"] if ok else ():
+        try:
+            reply = {"figures": _answer(module, call)}
+        except Exception as e:  # one failed point is reported; the next is still measured
+            reply = {"error": (f"{type(e).__name__}: {e}".strip().splitlines() or ["?"])[0]}
+        print(json.dumps(reply), file=answers)
+
+
+if __name__ == "__main__":
+    _serve()

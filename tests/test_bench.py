@@ -314,6 +314,49 @@ def test_peers_run_at_the_same_widths_and_batch_sizes(monkeypatch, capsys, tmp_p
     assert "peer fake-peer          mlp    w4   b32" in capsys.readouterr().out
 
 
+CRASHING_PEER = """
+import os
+import sys
+
+NAME = "crashing-peer"
+
+
+def available():
+    return True, ""
+
+
+def measure(model, batch_size, width=1, windows=7, dispatches_per_window=8):
+    if batch_size == 16:
+        raise ValueError("no kernel for this shape\\nsecond line")
+    print("chatter on stdout", flush=True)
+    sys.stderr.write("Fatal Python error: Segmentation fault\\n")
+    sys.stderr.flush()
+    os.abort()
+"""
+
+
+def test_a_peer_that_fails_or_crashes_is_one_line_and_the_others_still_run(monkeypatch, capsys, tmp_path):
+    """Each peer runs in a process of its own (TensorFlow and PyTorch crash in one): an error at one point is one
+    line and the next point is still measured; a process that dies ends that peer only, in one line with its last
+    words, and the next peer's rows are kept."""
+    import argparse
+
+    from harness import bench_cli, peers
+
+    (tmp_path / "a_crashing.py").write_text(CRASHING_PEER)
+    (tmp_path / "b_fake.py").write_text(FAKE_PEER)
+    monkeypatch.setattr(peers, "PEERS_DIR", tmp_path)
+    args = argparse.Namespace(models="mlp", widths=[], batch_sizes="16,32,64", windows=5, dispatches=1)
+    rows = bench_cli._peer_rows(args)
+    assert [(r["framework"], r["point"]["batch_size"]) for r in rows] == [("fake-peer", b) for b in (16, 32, 64)]
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("peer crashing-peer")]
+    assert lines[0].startswith("peer crashing-peer: failed at {'model': 'mlp', 'batch_size': 16")
+    assert lines[0].endswith("(ValueError: no kernel for this shape)")
+    assert lines[1].startswith("peer crashing-peer: failed (its process ended with status -6: ")
+    assert "Segmentation fault" in lines[1] and len(lines) == 2 and "Traceback" not in out + err
+
+
 def test_bad_points_are_refused():
     with pytest.raises(ConfigError, match="allowed: device, host"):
         bench.measure(dataclasses.replace(TINY, data="disk"))

@@ -191,23 +191,26 @@ def test_cli_bad_bench_arguments_are_one_line(capsys):
     assert cli.main(["bench", "--windows", "2"]) == 2
 
 
-def test_peers_are_listed_and_skipped_with_a_reason():
+def test_peers_say_whether_they_run_here_in_their_own_process():
     from harness import peers
 
-    names = {name: (ok, why) for name, ok, why in peers.available()}
-    assert set(names) == {"pytorch-eager", "keras3-tensorflow"}
-    assert all(ok or "pip install" in why or "KERAS_BACKEND" in why for ok, why in names.values())
+    answers = {m.NAME: next(peers.run(m, [])) for m in peers.modules()}
+    assert set(answers) == {"pytorch-eager", "keras3-tensorflow"}
+    assert all(a["available"] or "pip install" in a["why"] or "KERAS_BACKEND" in a["why"] for a in answers.values())
 
 
 def test_pytorch_peer_measures_when_installed():
     pytest.importorskip("torch", reason="the PyTorch peer is an optional extra: pip install -e '.[peers]'")
     from harness import peers
 
-    f = peers.measure("pytorch-eager", "mlp", 32, windows=5, dispatches_per_window=2)
+    torch_peer = next(m for m in peers.modules() if m.NAME == "pytorch-eager")
+    call = peers.measure_call("mlp", 32, windows=5, dispatches_per_window=2)
+    first, answer = peers.run(torch_peer, [call])
+    f = answer["figures"]
     row = ledger.make_row(
         "throughput", {"model": "mlp", "batch_size": 32, "peer": "pytorch-eager"}, f, framework="pytorch-eager"
     )
-    assert ledger.validate(row) == [] and f["examples_per_sec"] > 0
+    assert first["available"] and ledger.validate(row) == [] and f["examples_per_sec"] > 0
 
 
 def test_check_with_tta_fails_when_a_seed_misses_the_bound(tmp_path, capsys, tiny_data_dir):

@@ -3,7 +3,6 @@
 
 import argparse
 import math
-import types
 from pathlib import Path
 
 import numpy as np
@@ -116,26 +115,36 @@ def test_the_keras_peer_states_what_it_cannot_copy():
     assert len(constant_sgd) == 1  # momentum at a constant learning rate is the same in both
 
 
-def test_bench_tta_peers_train_the_config_being_timed(monkeypatch, capsys):
-    """`harness bench tta --peers`: a peer that trains gets the recipe of the config and overrides, its row goes to
-    the ledger with the overrides and its stated differences; a peer without a race, or a config no peer can train,
-    is skipped with the reason."""
-    calls = []
+TRAINS = """
+NAME = "fake-trains"
 
-    def tta(recipe, target, seeds):
-        calls.append((recipe, target, seeds))
-        runs = [{"seed": s, "seconds": 10.0 + s, "epochs": 3, "accuracy": 0.905} for s in seeds]
-        figures = {"seeds": 2, "reached": 2, "median_seconds": 10.5, "min_seconds": 10.0, "max_seconds": 11.0}
-        return {**figures, "runs": runs, "differences": ["one thing"], "recipe": recipe.as_dict()}
 
-    trains = types.SimpleNamespace(NAME="fake-trains", available=lambda: (True, ""), time_to_accuracy=tta)
-    timer = types.SimpleNamespace(NAME="fake-times-only", available=lambda: (True, ""))
-    monkeypatch.setattr(peers, "modules", lambda: [trains, timer])
+def available():
+    return True, ""
+
+
+def time_to_accuracy(recipe, target, seeds):
+    runs = [{"seed": s, "seconds": 10.0 + s, "epochs": 3, "accuracy": 0.905} for s in seeds]
+    figures = {"seeds": 2, "reached": 2, "median_seconds": 10.5, "min_seconds": 10.0, "max_seconds": 11.0}
+    return {**figures, "runs": runs, "differences": ["one thing"], "recipe": recipe.as_dict(), "target": target}
+"""
+TIMES_ONLY = 'NAME = "fake-times-only"\n\n\ndef available():\n    return True, ""\n'
+
+
+def test_bench_tta_peers_train_the_config_being_timed(monkeypatch, capsys, tmp_path):
+    """`harness bench tta --peers`: a peer that trains gets the recipe of the config and overrides (in its own
+    process), its row goes to the ledger with the overrides and its stated differences; a peer without a race, or
+    a config no peer can train, is skipped with the reason."""
+    (tmp_path / "a_trains.py").write_text(TRAINS)
+    (tmp_path / "b_times_only.py").write_text(TIMES_ONLY)
+    monkeypatch.setattr(peers, "PEERS_DIR", tmp_path)
     args = argparse.Namespace(config="fashion_mnist_mlp", target=0.9, seeds="0,1")
     rows = bench_cli._peer_tta_rows(args, ["dropout=0.2"])
-    assert calls == [(peers.recipe(config_lib.load("fashion_mnist_mlp", ["dropout=0.2"])), 0.9, [0, 1])]
-    assert calls[0][0].model == "mlp" and calls[0][0].dropout == 0.2
-    assert len(rows) == 1 and rows[0]["framework"] == "fake-trains" and ledger.validate(rows[0]) == []
+    copied = peers.recipe(config_lib.load("fashion_mnist_mlp", ["dropout=0.2"]))
+    assert len(rows) == 1 and peers.Recipe.from_dict(rows[0]["figures"]["recipe"]) == copied
+    assert [r["seed"] for r in rows[0]["figures"]["runs"]] == [0, 1] and rows[0]["figures"]["target"] == 0.9
+    assert copied.model == "mlp" and copied.dropout == 0.2
+    assert rows[0]["framework"] == "fake-trains" and ledger.validate(rows[0]) == []
     assert rows[0]["point"] == {
         "config": "fashion_mnist_mlp",
         "target": 0.9,
