@@ -10,6 +10,7 @@ synthetic data (bench) or with no data at all (a test that only needs the state'
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from harness import config as config_lib
 from harness import models, parallel, runtime, steps
 from harness import plan as plan_lib
 from harness.checkpoint import Checkpoints
+from harness.errors import OutOfMemoryError
 
 if TYPE_CHECKING:
     from harness.data.datasets import Split
@@ -60,10 +62,33 @@ def build(
     plan = plan_lib.resolve(config, devices) if plan is None else plan
     tx = steps.make_optimizer(config, steps_per_epoch)
     options = steps.Options.from_config(config)
+    _check_state_fits(config, plan, tx, options.ema_decay > 0, devices)
     graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=options.ema_decay > 0)
     par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
     host_state = jax.device_get(state)
     return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
+
+
+def state_bytes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool) -> int:
+    """Bytes of the train state ``build`` would make (parameters, optimizer moments, BatchNorm statistics, EMA),
+    from its shapes alone: nothing is allocated."""
+    abstract = jax.eval_shape(lambda: steps.init_state(models.create(config, plan.conv), tx, ema=ema)[1])
+    return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))
+
+
+def _check_state_fits(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool, devices: list) -> None:
+    """Stops with one line, before anything is allocated, when the train state alone cannot fit in a device's free
+    memory (a too-large ``width`` or layer size would otherwise end in an allocation failure or the OOM killer)."""
+    needs, have = state_bytes(config, plan, tx, ema), runtime.available_bytes(devices)
+    if have is not None and needs > have:
+        raise OutOfMemoryError(
+            f"config.width={config.width}: the model's train state alone needs {_gib(needs)} per device but "
+            f"{devices[0].platform} has {_gib(max(have, 0))} free per device: use a smaller config.width or model"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def place_data(run: Run, train: Split | None = None, test: Split | None = None) -> None:

@@ -167,11 +167,11 @@ def test_cli_sweep_records_the_out_of_memory_point(monkeypatch, capsys, tmp_path
 
 
 def test_cli_sweep_where_nothing_fits(monkeypatch, capsys, tmp_path):
-    """The compiled step checked against free memory (1 byte here) before it runs: the sweep's first size is an
+    """The compiled step checked against free memory (200 KiB here) before it runs: the sweep's first size is an
     ``out_of_memory`` row, no best, exit 0, no traceback."""
     from harness import runtime
 
-    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 1)
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 200 * 1024)  # the state fits, the step not
     argv = ["sweep", "--models", "mlp_tiny", "--batch-sizes", "16", "--num-devices", "8", "--ledger", str(tmp_path)]
     rc, out, err = bench_cli_run(capsys, *argv)
     assert (rc, err) == (0, "") and "no batch size from 16 fit in memory" in out

@@ -6,14 +6,14 @@ import pytest
 
 from harness import config as config_lib
 from harness import runtime
-from harness.build import build, place_data, saved_config
+from harness.build import build, place_data, saved_config, state_bytes
 from harness.data.datasets import Split
-from harness.errors import ConfigError
+from harness.errors import ConfigError, OutOfMemoryError
 
 
 def _config(**overrides):
     c = config_lib.base_config()
-    c.update(model="mlp_tiny", **overrides)
+    c.update({"model": "mlp_tiny", **overrides})
     return c
 
 
@@ -57,3 +57,38 @@ def test_a_saved_config_takes_todays_defaults_for_keys_it_lacks():
     assert (c.model, c.mlp_hidden, c.batch_size, c.parallel) == ("mlp", (64, 32), 32, "jit")
     assert (c.conv, c.micro_batches, c.steps_per_dispatch) == ("auto", 0, 0)
     assert build(c, runtime.select_devices(1)).plan.family == "mlp"
+
+
+def test_the_state_size_is_known_before_anything_is_allocated():
+    """``state_bytes`` from shapes alone equals the bytes of the state ``build`` makes (with BatchNorm and EMA)."""
+    from harness import steps
+
+    config = _config(model="cnn_tiny", norm="batch", ema_decay=0.9)
+    run = build(config, runtime.select_devices(1))
+    made = sum(leaf.nbytes for leaf in jax.tree.leaves(run.host_state))
+    assert state_bytes(config, run.plan, steps.make_optimizer(config, 1), ema=True) == made
+
+
+def test_a_model_too_wide_for_memory_stops_before_it_is_made(monkeypatch):
+    """A width whose train state cannot fit in a device's free memory is one line naming config.width, raised
+    before any state is allocated (the state is only ever made abstractly, from shapes)."""
+    from harness import build as build_lib
+    from harness import steps
+
+    made, init_state = [], steps.init_state
+
+    def recording(model, *args, **kw):
+        graphdef, state = init_state(model, *args, **kw)
+        made.append(all(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state.params)))
+        return graphdef, state
+
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 64 * 2**20)  # 64 MiB free per device
+    monkeypatch.setattr(build_lib.steps, "init_state", recording)
+    config = _config(model="mlp", width=64)  # 784 × 8192 + 8192 × 10 ≈ 6.5 M parameters, × 3 with Adam's moments
+    with pytest.raises(
+        OutOfMemoryError,
+        match=r"config.width=64: the model's train state alone needs 74.5 MiB per device but cpu has 64.0 MiB free",
+    ):
+        build(config, runtime.select_devices(1))
+    assert made == [True]  # only the abstract one
+    build(_config(model="mlp", width=4), runtime.select_devices(1))  # 4.7 MiB: fits

@@ -133,7 +133,7 @@ def test_a_step_that_cannot_fit_in_memory_stops_before_training_and_leaves_nothi
     workdir = tmp_path / "run"
     if existing_empty_dir:
         workdir.mkdir()
-    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 1024)  # 1 KiB free per device
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 200 * 1024)  # the state fits, the step not
     assert cli.main(_train_cli(tiny_data_dir, workdir)) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert (
