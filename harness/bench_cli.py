@@ -230,9 +230,31 @@ def _peer_answers(module, calls: list[dict]):
         print(f"peer {module.NAME}: failed ({e}); its other points are not measured")
 
 
-def _peer_rows(args) -> list[dict]:
-    """Each peer, in a process of its own, at the same models, widths and batch sizes as harness's rows."""
+def _credited(figures: dict, ours: dict | None) -> dict:
+    """A peer's figures with the FLOP figures of the same model at the same batch, by harness's count (XLA's cost
+    analysis of harness's step: model FLOPs utilisation counts the model's FLOPs, whichever framework runs them);
+    as they are where harness did not measure that point."""
+    if not ours or not isinstance(ours.get("flops_per_example"), float):
+        return figures
+    speed = figures["examples_per_sec"] / ours["examples_per_sec"]
+    scaled = {k: ours[k] * speed for k in ("achieved_flops_per_sec", "mfu", "ceiling_fraction") if _real(ours.get(k))}
+    return {**figures, "flops_per_example": ours["flops_per_example"], **scaled}
+
+
+def _real(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _peer_rows(args, ours: list[dict] = ()) -> list[dict]:
+    """Each peer, in a process of its own, at the same models, widths and batch sizes as harness's rows (``ours``:
+    whose FLOP counts the peers' rows are credited with, :func:`_credited`)."""
     from harness import peers
+
+    counted = {
+        (r["point"]["model"], r["point"]["width"], r["point"]["batch_size"]): r["figures"]
+        for r in ours
+        if r["kind"] == "throughput" and r["point"]["dtype"] == "float32"
+    }
 
     names = args.models.split(",")
     kw = {"windows": args.windows, "dispatches_per_window": args.dispatches}
@@ -246,10 +268,10 @@ def _peer_rows(args) -> list[dict]:
     for module in peers.modules():
         for call, figures in _peer_answers(module, calls):
             model, width, bs = (call["kwargs"][k] for k in ("model", "width", "batch_size"))
-            print(
-                f"peer {module.NAME:<18} {model:<6} w{width:<3} b{bs:<6} {figures['examples_per_sec']:>12,.0f} ex/s",
-                flush=True,
-            )
+            figures = _credited(figures, counted.get((model, width, bs)))
+            mfu = f"  MFU {figures['mfu']:.1%}" if _real(figures.get("mfu")) else ""
+            speed = f"{figures['examples_per_sec']:>12,.0f} ex/s{mfu}"
+            print(f"peer {module.NAME:<18} {model:<6} w{width:<3} b{bs:<6} {speed}", flush=True)
             point = {"model": model, "width": width, "batch_size": bs, "dtype": "float32", "peer": module.NAME}
             rows.append(ledger.make_row("throughput", point, figures, framework=module.NAME))
     return rows
@@ -366,7 +388,8 @@ def run(args, overrides: list[str]) -> int:
     writing = args.action in ("run", "sweep", "tta", "suite", "accuracy") and not args.no_ledger
     _check_ledger_dir(directory, writing=writing)
     if args.action == "run":
-        rows = _measure_grid(args) + (_peer_rows(args) if args.peers else [])
+        rows = _measure_grid(args)
+        rows += _peer_rows(args, rows) if args.peers else []
         _save(rows, args)
     elif args.action == "sweep":
         _save([row for point in _points(args) for row in _sweep_rows(point, args)], args)

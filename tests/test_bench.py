@@ -314,6 +314,28 @@ def test_peers_run_at_the_same_widths_and_batch_sizes(monkeypatch, capsys, tmp_p
     assert "peer fake-peer          mlp    w4   b32" in capsys.readouterr().out
 
 
+def test_peer_rows_are_credited_with_the_models_flops_by_harnesss_count(monkeypatch, capsys, tmp_path):
+    """A peer's row at a point harness measured in the same run gets harness's FLOPs per example for that model and
+    batch, and its achieved FLOP/s, MFU and ceiling fraction scaled by its speed; other points stay without."""
+    import argparse
+
+    from harness import bench_cli, peers
+
+    (tmp_path / "fake.py").write_text(FAKE_PEER)
+    monkeypatch.setattr(peers, "PEERS_DIR", tmp_path)
+    args = argparse.Namespace(models="mlp", widths=[], batch_sizes="16,32", windows=5, dispatches=1)
+    ours_figures = {"examples_per_sec": 3200.0, "flops_per_example": 1000.0, "achieved_flops_per_sec": 3.2e6}
+    ours_figures.update(mfu=0.5, ceiling_fraction=0.25)
+    point = {"model": "mlp", "width": 1, "batch_size": 16, "dtype": "float32"}
+    ours = [{"kind": "throughput", "point": point, "figures": ours_figures}]
+    credited, plain = bench_cli._peer_rows(args, ours)
+    f = credited["figures"]  # the fake peer runs batch 16 at 1,600 ex/s: half of harness's speed
+    assert f["examples_per_sec"] == pytest.approx(1600.0) and f["flops_per_example"] == 1000.0
+    assert (f["achieved_flops_per_sec"], f["mfu"], f["ceiling_fraction"]) == pytest.approx((1.6e6, 0.25, 0.125))
+    assert "mfu" not in plain["figures"] and "flops_per_example" not in plain["figures"]
+    assert "b16            1,600 ex/s  MFU 25.0%\n" in capsys.readouterr().out
+
+
 CRASHING_PEER = """
 import os
 import sys
