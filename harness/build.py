@@ -78,7 +78,11 @@ def state_bytes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema:
 
 def _check_state_fits(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool, devices: list) -> None:
     """Stops with one line, before anything is allocated, when the train state alone cannot fit in a device's free
-    memory (a too-large ``width`` or layer size would otherwise end in an allocation failure or the OOM killer)."""
+    memory (a too-large ``width`` or layer size would otherwise end in an allocation failure or the OOM killer).
+    Not with several processes, as :func:`harness.parallel.check_memory`: hosts may differ, and a one-sided stop
+    would leave the others waiting."""
+    if jax.process_count() > 1:
+        return
     needs, have = state_bytes(config, plan, tx, ema), runtime.available_bytes(devices)
     if have is not None and needs > have:
         raise OutOfMemoryError(

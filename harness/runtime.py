@@ -129,14 +129,17 @@ def select_devices(num_devices: int = 0) -> list:
 def available_bytes(devices: list) -> int | None:
     """Free memory per device: what an accelerator reports (limit − in use), or for CPU devices the host's available
     memory shared among them; None when unknown."""
-    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    if not local:
+        return None
+    stats = local[0].memory_stats() if hasattr(local[0], "memory_stats") else None  # only a local device says
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    if devices[0].platform != "cpu":
+    if local[0].platform != "cpu":
         return None
     try:
         meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     except (OSError, ValueError):
         return None
     kib = int(meminfo.get("MemAvailable", "0 kB").split()[0])
-    return kib * 1024 // len([d for d in devices if d.process_index == jax.process_index()])
+    return kib * 1024 // len(local)

@@ -27,6 +27,23 @@ def test_cpu_devices_share_the_hosts_available_memory(monkeypatch, tmp_path):
     assert runtime.available_bytes(jax.devices()[:8]) == 1000 * 1024
 
 
+def test_free_memory_is_read_from_this_processs_devices_only():
+    """With several processes the device list starts with another process's device, whose memory_stats() raises
+    (``INVALID_ARGUMENT: ... only supported for addressable PjRt devices``): the first local one is asked."""
+    import types
+
+    def device(process, free):
+        def stats():
+            if process != jax.process_index():
+                raise RuntimeError("MemoryStats is only supported for addressable PjRt devices")
+            return {"bytes_limit": free, "bytes_in_use": 0}
+
+        return types.SimpleNamespace(process_index=process, platform="gpu", memory_stats=stats)
+
+    assert runtime.available_bytes([device(1, 5), device(0, 7), device(0, 9)]) == 7
+    assert runtime.available_bytes([device(1, 5)]) is None
+
+
 def test_compilation_cache_dir_and_off_switch(tmp_path):
     """In fresh processes: JAX initialises its cache once per process, and this suite has compiled already."""
     script = (
