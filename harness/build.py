@@ -62,8 +62,9 @@ def build(
     plan = plan_lib.resolve(config, devices) if plan is None else plan
     tx = steps.make_optimizer(config, steps_per_epoch)
     options = steps.Options.from_config(config)
-    _check_state_fits(config, plan, tx, options.ema_decay > 0, devices)
-    graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=options.ema_decay > 0)
+    ema = options.ema_decay > 0
+    _check_state_fits(config, plan, tx, ema, devices)
+    graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=ema)
     par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
     host_state = jax.device_get(state)
     return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
@@ -78,13 +79,13 @@ def state_bytes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema:
 
 def _check_state_fits(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool, devices: list) -> None:
     """Stops with one line, before anything is allocated, when the train state alone cannot fit in a device's free
-    memory (a too-large ``width`` or layer size would otherwise end in an allocation failure or the OOM killer).
-    Not with several processes, as :func:`harness.parallel.check_memory`: hosts may differ, and a one-sided stop
-    would leave the others waiting."""
-    if jax.process_count() > 1:
+    memory (a too-large ``width`` or layer size would otherwise end in an allocation failure or the OOM killer);
+    where :func:`harness.parallel.free_bytes` makes no check (several processes, unknown memory), nothing is traced."""
+    have = parallel.free_bytes(devices)
+    if have is None:
         return
-    needs, have = state_bytes(config, plan, tx, ema), runtime.available_bytes(devices)
-    if have is not None and needs > have:
+    needs = state_bytes(config, plan, tx, ema)
+    if needs > have:
         raise OutOfMemoryError(
             f"config.width={config.width}: the model's train state alone needs {_gib(needs)} per device but "
             f"{devices[0].platform} has {_gib(max(have, 0))} free per device: use a smaller config.width or model"

@@ -59,13 +59,21 @@ def needed_bytes(compiled) -> int | None:
     return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
 
 
+def free_bytes(devices: list) -> int | None:
+    """Free memory per device to check a need against before it is allocated, or None where no check is made:
+    unknown, or with several processes (hosts may differ, and a one-sided stop would leave the others waiting)."""
+    if jax.process_count() > 1:
+        return None
+    return runtime.available_bytes(devices)
+
+
 def check_memory(compiled: list, devices: list) -> None:
     """Stops with one line, before the first step, when a compiled step needs more memory than a device has."""
-    if jax.process_count() > 1:  # hosts may differ: a one-sided stop would leave the others waiting
+    have = free_bytes(devices)
+    if have is None:
         return
     needs = [n for n in (needed_bytes(c) for c in compiled) if n is not None]
-    have = runtime.available_bytes(devices)
-    if needs and have is not None and max(needs) > have:
+    if needs and max(needs) > have:
         raise OutOfMemoryError(
             f"the train step needs {max(needs) / 2**30:.1f} GiB per device (XLA's estimate) but {devices[0].platform} "
             f"has {max(have, 0) / 2**30:.1f} GiB free per device: use a smaller config.batch_size (or model)"
