@@ -23,7 +23,10 @@ from harness.records import MetricRow, rows_of
 
 __all__ = ["MAX_IN_FLIGHT", "Loop", "Progress", "evaluate"]
 
-MAX_IN_FLIGHT = 8  # steps queued on the device before the loop waits (XLA:CPU aborts with ~60+ collectives queued)
+# Steps queued on the device before the loop waits for the oldest (XLA:CPU aborts with ~60+ collectives queued). A
+# fused dispatch of more steps runs alone: the next is sent only once it is back. A stop is asked after each wait,
+# so after a stop at most max(MAX_IN_FLIGHT, steps per dispatch) steps run before the save (one dispatch).
+MAX_IN_FLIGHT = 8
 
 
 def evaluate(par: parallel.Parallel, params: Any, data: dict, num_examples: int, batch_size: int) -> dict:
@@ -99,9 +102,10 @@ class Loop:
         if row is not None:
             self.row(row)
 
-    def _drain(self, pending: collections.deque, at_most: int = 0) -> None:
-        while len(pending) > at_most:
-            self._complete(*pending.popleft())
+    def _drain(self, pending: collections.deque) -> None:
+        while pending:
+            step, _, device_sums = pending.popleft()
+            self._complete(step, device_sums)
 
     def _steps_here(self, s: int) -> int:
         """Steps in the dispatch starting at step ``s`` of the epoch: ``steps_per_dispatch`` when the global step is
@@ -110,18 +114,31 @@ class Loop:
         k = self.run.steps_per_dispatch
         return k if k > 1 and self.p.step % k == 0 and s + k <= self.spe else 1
 
-    def _dispatch(self, state: Any, epoch: int, s: int, k: int) -> tuple[Any, Any]:
-        """Runs steps ``s`` … ``s + k - 1`` of ``epoch`` in one device call; returns the state and the summed sums."""
-        run, par, cfg = self.run, self.run.par, self.run.config
+    def _indices(self, epoch: int, s: int) -> tuple[int, Any]:
+        """(k, the placed indices of steps ``s`` … ``s + k - 1`` of ``epoch``): host work done while the device runs
+        the dispatch before."""
+        run, cfg, k = self.run, self.run.config, self._steps_here(s)
         order = [batches.batch_indices(cfg.seed, epoch, i, cfg.batch_size, run.num_train) for i in range(s, s + k)]
+        return k, run.par.shard_indices(order[0] if k == 1 else np.stack(order))
+
+    def _dispatch(self, state: Any, k: int, indices: Any) -> tuple[Any, Any]:
+        """Runs ``k`` steps on placed ``indices`` in one device call; returns the state and the summed sums."""
+        par = self.run.par
         if k == 1:
-            state, device_sums = par.train_step(state, run.train, par.shard_indices(order[0]))
+            state, device_sums = par.train_step(state, self.run.train, indices)
         else:
-            state, device_sums = par.train_steps(state, run.train, par.shard_indices(np.stack(order)))
+            state, device_sums = par.train_steps(state, self.run.train, indices)
         if self.first_step_seconds is None:  # one wait, once per run
             jax.block_until_ready(device_sums)
             self.first_step_seconds = self.clock() - self.started
         return state, device_sums
+
+    def _make_room(self, pending: collections.deque, k: int) -> None:
+        """Waits for the oldest dispatches until ``k`` more steps may be queued: at most ``MAX_IN_FLIGHT`` steps in
+        flight, or one dispatch alone when it has more."""
+        while pending and sum(n for _, n, _ in pending) + k > max(MAX_IN_FLIGHT, k):
+            step, _, device_sums = pending.popleft()
+            self._complete(step, device_sums)
 
     def _stop_asked(self, k: int) -> bool:
         """Whether a stop was asked at any of the last ``k`` steps (asked for each: processes agree per step)."""
@@ -135,16 +152,17 @@ class Loop:
         first = self.p.step - epoch * self.spe
         self.hooks.epoch_start(epoch, run.num_train, min(first * run.config.batch_size, run.num_train))
         self.epoch_started, self.epoch_examples, pending = self.clock(), 0.0, collections.deque()
-        s = first
+        s, upcoming = first, self._indices(epoch, first)
         while s < self.spe:
-            k = self._steps_here(s)
+            k, indices = upcoming
             self.profile.before(self.p.step + 1, k)
-            state, device_sums = self._dispatch(state, epoch, s, k)
+            state, device_sums = self._dispatch(state, k, indices)
             s, self.p.step = s + k, self.p.step + k
             self.profile.after(self.p.step, device_sums)
             self.ckpt.poll()
-            pending.append((self.p.step, device_sums))
-            self._drain(pending, at_most=MAX_IN_FLIGHT)
+            pending.append((self.p.step, k, device_sums))
+            upcoming = self._indices(epoch, s) if s < self.spe else (0, None)
+            self._make_room(pending, upcoming[0])  # the stop is asked after the wait: no dispatch is sent after it
             stopped = self._stop_asked(k)
             if s < self.spe and (stopped or self.checkpoint.due(self.p.step)):  # the epoch's end saves anyway
                 self._drain(pending)

@@ -10,7 +10,7 @@ import pytest
 from harness import config as config_lib
 from harness import hooks as hooks_lib
 from harness.build import Run
-from harness.loop import Loop, Progress
+from harness.loop import MAX_IN_FLIGHT, Loop, Progress
 
 BATCH, STEPS_PER_EPOCH, STEP_SECONDS = 8, 8, 0.25
 
@@ -38,6 +38,11 @@ class FakeParallel:
 
     def __init__(self, clock: FakeClock, accuracy: float = 0.5):
         self.clock, self.accuracy, self.traces = clock, accuracy, {"train": 1, "eval": 1}
+        self.dispatches = self.in_flight = self.most_in_flight = 0  # steps sent whose results the host has not read
+
+    def _sent(self, k: int) -> None:
+        self.dispatches, self.in_flight = self.dispatches + 1, self.in_flight + k
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
     def shard_indices(self, indices):
         return indices
@@ -49,10 +54,12 @@ class FakeParallel:
         return state
 
     def train_step(self, state, data, indices):
+        self._sent(1)
         return State(state.step + 1), {"loss": 2.0 * len(indices), "correct": 3.0, "count": len(indices), "steps": 1}
 
     def train_steps(self, state, data, indices):
         k, n = indices.shape[0], indices.size
+        self._sent(k)
         return State(state.step + k), {"loss": 2.0 * n, "correct": 3.0 * k, "count": n, "steps": k}
 
     def eval_step(self, params, data, indices):
@@ -60,7 +67,9 @@ class FakeParallel:
 
     def metrics_to_host(self, sums):
         sums = dict(sums)
-        self.clock.now += STEP_SECONDS * sums.pop("steps", 0)
+        steps = sums.pop("steps", 0)
+        self.clock.now += STEP_SECONDS * steps
+        self.in_flight -= steps
         return sums
 
 
@@ -95,7 +104,16 @@ class Recorder(hooks_lib.Hook):
 
 
 def _loop(
-    clock, ckpt, *, stop=lambda step: None, hooks=(), accuracy=0.5, steps_per_dispatch=1, processes=1, **overrides
+    clock,
+    ckpt,
+    *,
+    stop=lambda step: None,
+    hooks=(),
+    accuracy=0.5,
+    steps_per_dispatch=1,
+    processes=1,
+    steps_per_epoch=STEPS_PER_EPOCH,
+    **overrides,
 ):
     config = config_lib.base_config()
     config.update({"batch_size": BATCH, "num_epochs": 3, **overrides})
@@ -103,7 +121,7 @@ def _loop(
         steps_per_dispatch=steps_per_dispatch, processes=processes, to_dict=lambda: {"strategy": "fake"}
     )
     par = FakeParallel(clock, accuracy)
-    run = Run(config, plan, par, State(), State(), STEPS_PER_EPOCH, {}, {}, BATCH * STEPS_PER_EPOCH, 4 * BATCH)
+    run = Run(config, plan, par, State(), State(), steps_per_epoch, {}, {}, BATCH * steps_per_epoch, 4 * BATCH)
     return Loop(run, ckpt, Progress(), hooks=hooks, print_fn=lambda _: None, clock=clock, stop=stop)
 
 
@@ -150,6 +168,25 @@ def test_a_stop_is_asked_at_every_step_and_saves_and_returns(steps_per_dispatch,
     assert set(asked) == set(range(1, saved_at + 1))  # every step asked, those of the last dispatch too
     assert [m["step"] for m in ckpt.saved] == [8, saved_at] and ckpt.finalized == 1
     assert ckpt.saved[-1]["step_in_epoch"] == saved_at - 8 and ckpt.saved[-1]["epoch"] == 1
+
+
+@pytest.mark.parametrize(("steps_per_dispatch", "most"), [(1, MAX_IN_FLIGHT), (4, MAX_IN_FLIGHT), (16, 16)])
+def test_after_a_stop_at_most_one_dispatch_runs_before_the_save(steps_per_dispatch, most):
+    """The device is never more than ``max(MAX_IN_FLIGHT, one dispatch)`` steps ahead of the host, and no dispatch
+    is sent once the stop was seen: a stop arriving at any moment waits for at most that many steps."""
+    clock, ckpt, seen = FakeClock(), FakeCheckpoints(), []
+
+    def stop(step):
+        if step < 40:
+            return None
+        seen.append(loop.run.par.dispatches)
+        return "SIGINT"
+
+    loop = _loop(clock, ckpt, stop=stop, steps_per_dispatch=steps_per_dispatch, steps_per_epoch=64)
+    summary = loop()
+    assert loop.run.par.most_in_flight == most
+    assert loop.run.par.dispatches == seen[0]  # nothing sent after the stop was seen
+    assert summary["stopped"] == "SIGINT" and ckpt.saved[-1]["step"] == summary["step"] < 40 + steps_per_dispatch
 
 
 def test_stop_at_accuracy_ends_after_the_evaluation_that_reaches_it():
