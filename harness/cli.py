@@ -368,10 +368,18 @@ def _quiet_libraries() -> None:
     tfds.disable_progress_bar()  # its shuffle bars name temp files; harness prints what it prepares instead
 
 
+def _stop_signals(args) -> StopSignals:
+    """``harness train`` stops politely after the current step (at once during start-up); every other command is
+    interrupted at once."""
+    if args.command == "train":
+        return StopSignals(polite=True, starting=True, owner=True)
+    return StopSignals(polite=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     args, extra = _parser().parse_known_args(argv)
-    with StopSignals(polite=args.command == "train"):  # before anything slow: a Ctrl-C is never lost
+    with _stop_signals(args):  # before anything slow: a Ctrl-C is never lost
         return _run(args, extra)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from harness import actions, parallel, profiling
+from harness import actions, parallel, preemption, profiling
 from harness import hooks as hooks_lib
 from harness.actions import Progress
 from harness.build import Run
@@ -219,6 +219,7 @@ class Loop:
         self.hooks.train_start({"config": cfg, "devices": run.par.num_devices, "step": self.p.step})
         state, extra = run.state, {}
         self._compile(state)
+        preemption.steps_started()  # a stop asked before now ended the run at once (nothing to save)
         self.rows.restart()
         self.checkpoint.last_save_at = self.clock()  # the first epoch-end save is timed from the first step
         for epoch in range(self.p.step // self.spe, cfg.num_epochs):

@@ -14,7 +14,7 @@ import ml_collections
 from harness import config as config_lib
 from harness import hooks as hooks_lib
 from harness import plan as plan_lib
-from harness import runtime, steps
+from harness import preemption, runtime, steps
 from harness import workdir as workdir_lib
 from harness.build import Run, build, place_data, restore_latest
 from harness.checkpoint import Checkpoints, describe_position
@@ -174,6 +174,8 @@ def train_and_evaluate(
     """
     started = clock()
     multi_process = runtime.initialize_distributed(config.distributed) and jax.process_count() > 1
+    if multi_process:  # every process stops at a step JAX's service picks, even one asked for during start-up
+        preemption.steps_started()
     main = runtime.is_main_process()
     print_fn = print_fn if main else _silent
     devices = runtime.select_devices(config.num_devices)
