@@ -334,25 +334,45 @@ def time_to_accuracy(
     overrides: list[str] = (),
     workdir: Path | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    print_fn: Callable[[str], Any] = lambda _: None,
 ) -> dict:
     """MLPerf style: wall seconds from start (data loading and compilation included) to the first evaluation at
-    or above ``target``, for each seed; median and spread over the seeds that reached it."""
+    or above ``target``, for each seed; median and spread over the seeds that reached it. ``print_fn`` gets a line
+    per seed and epoch. A stop (SIGINT or SIGTERM where :mod:`harness.preemption`'s handlers are installed) ends the
+    current seed: the figures are the finished seeds', with ``stopped`` saying what stopped them."""
     import tempfile
 
+    from harness import hooks, preemption
     from harness.train import train_and_evaluate
 
-    runs = []
-    for seed in seeds:
+    runs, stopped = [], None
+    for n, seed in enumerate(seeds, 1):
+        stopped = preemption.stop_requested()
+        if stopped:
+            break
         c = config_lib.load(config_name, [*overrides, f"seed={seed}", f"stop_at_accuracy={target}", "report=false"])
+        print_fn(f"seed {seed} ({n} of {len(seeds)}): training {config_name} until test_accuracy {target}")
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             t0 = clock()
-            summary = train_and_evaluate(c, Path(tmp) / "run", hooks=[], print_fn=lambda _: None)
+            lines = hooks.EpochLines(f"seed {seed}", c.num_epochs, print_fn, clock, t0)
+            summary = train_and_evaluate(c, Path(tmp) / "run", hooks=[lines], print_fn=lambda _: None)
             seconds = clock() - t0
+        stopped = summary.get("stopped")
+        if stopped:  # cut short: not a result
+            break
         reached = summary.get("reached_target_epoch")
         runs.append({"seed": seed, "seconds": seconds, "epochs": reached, "accuracy": summary.get("test_accuracy")})
+    figures = _tta_figures(runs)
+    if stopped:
+        figures["stopped"] = f"{stopped} after {len(runs)} of {len(seeds)} seeds"
+    return figures
+
+
+def _tta_figures(runs: list[dict]) -> dict:
+    """The median and spread of the seconds of the ``runs`` that reached the target."""
     times = [r["seconds"] for r in runs if r["epochs"]]
     return {
-        "seeds": len(seeds),
+        "seeds": len(runs),
         "reached": len(times),
         "median_seconds": statistics.median(times) if times else float("nan"),
         "min_seconds": min(times) if times else float("nan"),

@@ -277,19 +277,32 @@ def _peer_rows(args, ours: list[dict] = ()) -> list[dict]:
     return rows
 
 
-def _tta_row(args, overrides: list[str]) -> dict:
-    figures = bench.time_to_accuracy(args.config, args.target, _seeds(args.seeds), overrides)
+def _tta_row(args, overrides: list[str]) -> dict | None:
+    """``bench tta``'s row, its seeds' lines printed (None when a stop came before any seed finished)."""
+    seeds = _seeds(args.seeds)
+    figures = bench.time_to_accuracy(args.config, args.target, seeds, overrides, print_fn=_say)
     for r in figures["runs"]:
         reached = f"reached in {r['seconds']:.1f} s (epoch {r['epochs']})" if r["epochs"] else "did not reach"
         print(f"seed {r['seed']}: {reached}; final test_accuracy {r['accuracy']:.4f}")
-    median = figures["median_seconds"]
-    print(
-        f"time to {args.target}: median {median:.1f} s over {figures['reached']}/{figures['seeds']} seeds"
-        if not math.isnan(median)
-        else f"no seed reached {args.target}"
-    )
+    if figures["runs"]:
+        median = figures["median_seconds"]
+        print(
+            f"time to {args.target}: median {median:.1f} s over {figures['reached']}/{figures['seeds']} seeds"
+            if not math.isnan(median)
+            else f"no seed reached {args.target}"
+        )
+    if "stopped" in figures:
+        kept = "; no seed finished: nothing recorded" if not figures["runs"] else ": the finished seeds are kept"
+        print(f"stopped by {figures['stopped']}{kept}")
+    if not figures["runs"]:
+        return None
     point = {"config": args.config, "target": args.target, "overrides": overrides}
     return ledger.make_row("time_to_accuracy", point, figures)
+
+
+def _say(line: str) -> None:
+    """A progress line of a long command, shown at once."""
+    print(line, flush=True)
 
 
 def _median_text(figures: dict) -> str:
@@ -398,7 +411,10 @@ def run(args, overrides: list[str]) -> int:
     elif args.action == "suite":
         _save(_suite_rows(args), args)
     elif args.action == "tta":
-        _save([_tta_row(args, overrides)] + (_peer_tta_rows(args, overrides) if args.peers else []), args)
+        from harness.preemption import stop_requested
+
+        rows = [row for row in [_tta_row(args, overrides)] if row]
+        _save(rows + (_peer_tta_rows(args, overrides) if args.peers and not stop_requested() else []), args)
     elif args.action == "report":
         rows = ledger.read(directory)
         if not rows:
@@ -419,7 +435,7 @@ def _check(args, overrides: list[str], directory: Path) -> int:
     if not baseline and not args.tta:  # nothing can match: say so without measuring
         print(f"no baseline: nothing checked ({directory} holds no ledger rows)")
         return EXIT_NO_BASELINE
-    fresh = _measure_grid(args) + ([_tta_row(args, overrides)] if args.tta else [])
+    fresh = _measure_grid(args) + [row for row in [_tta_row(args, overrides) if args.tta else None] if row]
     problems, matched = ledger.compare(fresh, baseline, args.tolerance)
     for p in problems:
         print(f"REGRESSION: {p}")

@@ -368,11 +368,16 @@ def _quiet_libraries() -> None:
     tfds.disable_progress_bar()  # its shuffle bars name temp files; harness prints what it prepares instead
 
 
+TTA_STOPPING = b"harness: stopping: the current seed ends now, the finished ones are kept (Ctrl-C again to quit now)\n"
+
+
 def _stop_signals(args) -> StopSignals:
-    """``harness train`` stops politely after the current step (at once during start-up); every other command is
-    interrupted at once."""
+    """``harness train`` stops politely after the current step (at once during start-up), ``bench tta`` after the
+    current seed; every other command is interrupted at once."""
     if args.command == "train":
         return StopSignals(polite=True, starting=True, owner=True)
+    if args.command == "bench" and args.action == "tta":
+        return StopSignals(polite=True, owner=True, stopping=TTA_STOPPING)
     return StopSignals(polite=False)
 
 

@@ -168,6 +168,22 @@ class Console(Hook):
         )
 
 
+class EpochLines(Hook):
+    """One line per epoch for a long command that trains (``bench tta``): ``prefix``, the epoch, its test accuracy
+    when evaluated, and the seconds since ``started`` by ``clock``."""
+
+    def __init__(
+        self, prefix: str, num_epochs: int, print_fn: Callable[[str], Any], clock: Callable[[], float], started: float
+    ):
+        self.prefix, self.num_epochs, self.print = prefix, num_epochs, print_fn
+        self.clock, self.started = clock, started
+
+    def on_epoch_end(self, epoch: int, row: MetricRow) -> None:
+        test = f"  test_accuracy {row.test_accuracy:.4f}" if row.test_accuracy is not None else ""
+        elapsed = self.clock() - self.started
+        self.print(f"{self.prefix}: epoch {epoch + 1}/{self.num_epochs}{test}  {elapsed:.1f} s")
+
+
 def _si(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"

@@ -1,6 +1,7 @@
 """Stop signals: a Ctrl-C is never lost, not even while a garbage-collector callback runs (JAX registers one)."""
 
 import gc
+import json
 import signal
 import subprocess
 import sys
@@ -120,3 +121,81 @@ def test_a_stop_during_start_up_ends_harness_train_at_once(tiny_data_dir, tmp_pa
     )
     assert time.monotonic() - started < 60, "the stop waited for the slow start-up to finish"
     _assert_stopped_during_start_up(p, tmp_path / "run")
+
+
+TTA_CONFIG = """
+from harness.config import base_config
+
+
+def get_config():  # never reaches the target (it barely learns): every seed runs all its epochs
+    c = base_config()
+    c.dataset, c.data_dir, c.model = "fashion_mnist", {data_dir!r}, "mlp_tiny"
+    c.num_epochs, c.batch_size, c.learning_rate, c.report = 300, 64, 1e-9, False
+    return c
+"""
+
+SLOW_FINAL_SAVE = """
+import sys, time
+from harness import checkpoint, cli, preemption
+original = checkpoint.Checkpoints.finalize
+def finalize(self):
+    if preemption.stop_requested():
+        time.sleep(60)  # a stop's save that takes long: a second Ctrl-C must not wait for it
+    original(self)
+checkpoint.Checkpoints.finalize = finalize
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _bench_tta(tmp_path, data_dir, runner: list[str]) -> subprocess.Popen:
+    config = tmp_path / "never.py"
+    config.write_text(TTA_CONFIG.format(data_dir=data_dir))
+    args = ["bench", "tta", "--config", str(config), "--seeds", "0,1,2", "--target", "0.99", "--no-ledger"]
+    return subprocess.Popen(
+        [sys.executable, *runner, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+
+
+def _read_until(proc: subprocess.Popen, fragment: str) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if fragment in line:
+            return lines
+    pytest.fail(f"no {fragment!r} in the output: {''.join(lines)[-2000:]}{proc.stderr.read()[-2000:]}")
+
+
+def test_a_sigint_to_bench_tta_ends_the_current_seed_and_keeps_the_finished_ones(tiny_data_dir, tmp_path):
+    proc = _bench_tta(tmp_path, tiny_data_dir, ["-m", "harness.cli"])
+    try:
+        before = _read_until(proc, "seed 1: epoch 2/300")  # it speaks while it trains
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    out = "".join(before) + out
+    assert proc.returncode == 0, out[-2000:] + err
+    assert "seed 0 (1 of 3): training" in out and "seed 0: epoch 300/300" in out
+    assert "seed 0: did not reach; final test_accuracy" in out and "seed 2 (3 of 3)" not in out
+    assert "stopped by SIGINT after 1 of 3 seeds: the finished seeds are kept" in out
+    (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["seed"] for r in row["figures"]["runs"]] == [0] and row["figures"]["seeds"] == 1
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("harness:")] == [
+        "harness: stopping: the current seed ends now, the finished ones are kept (Ctrl-C again to quit now)"
+    ]
+
+
+def test_a_second_sigint_to_bench_tta_exits_130_at_once(tiny_data_dir, tmp_path):
+    proc = _bench_tta(tmp_path, tiny_data_dir, ["-c", SLOW_FINAL_SAVE])
+    try:
+        _read_until(proc, "seed 0: epoch 2/300")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(2)  # the seed stops; its save is slow
+        proc.send_signal(signal.SIGINT)
+        second = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - second < 10, "the second Ctrl-C waited for the save"
+    assert err.splitlines()[-1] == "harness: interrupted" and "Traceback" not in err, err
