@@ -42,10 +42,11 @@ import orbax.checkpoint as ocp
 import harness
 from harness.digests import Digests
 from harness.errors import ForeignCheckpointError, TrainingError, WorkdirError
-from harness.retention import remove_step, steps_to_keep, sweep
+from harness.retention import is_harness_step, remove_step, steps_to_keep, sweep
 from harness.runtime import barrier, is_main_process
 
 ERROR_LOG = "harness-errors.log"
+FOREIGN = "not a checkpoint harness wrote (never deleted)"  # a number-named folder without a digest, not Orbax's
 
 
 def fingerprint(num_devices: int | None = None) -> dict:
@@ -190,7 +191,10 @@ class Checkpoints:
 
     def verify(self, step: int) -> str | None:
         """None when every file of ``step`` matches its digest, else what is wrong (one phrase). Reads every file."""
-        return self.digests.verify(step)
+        problem = self.digests.verify(step)
+        if self.record(step) is None and not is_harness_step(self.directory / str(step), None):
+            return FOREIGN
+        return problem
 
     # ---- saving --------------------------------------------------------------------------------------------
 
@@ -270,12 +274,28 @@ class Checkpoints:
         self._retain()
 
     def _retain(self) -> None:
-        """Removes every digested step that ``steps_to_keep`` does not keep among the good ones."""
+        """Removes every digested step that ``steps_to_keep`` does not keep among the good ones, and every
+        undigested step of harness's below the newest good one (:meth:`_passed_undigested`)."""
         steps = self.good_steps()
         keep = steps_to_keep(self._good_records(steps), self.keep, self.keep_best)
         for step in steps:
             if step not in keep:
                 self._remove(step, self.digests.known_problem(step))
+        for step in self._passed_undigested(steps):
+            self._remove(step, "no digest: its save was killed before it completed")
+
+    def _passed_undigested(self, good: list[int]) -> list[int]:
+        """Committed steps below the newest digested one that have no digest and that harness wrote: saves killed
+        between Orbax's commit and the digest (e.g. a stop's, off the save grid), which no later save replaces.
+        Saves complete in order, so one below a newer digested step never completes. Never restored anyway."""
+        if not good:
+            return []
+        digested = set(good)
+        return [
+            s
+            for s in self.manager.all_steps()
+            if s < good[-1] and s not in digested and is_harness_step(self.directory / str(s), None)
+        ]
 
     def _good_records(self, steps: list[int]) -> dict[int, dict]:
         """Digest records of the good steps retention needs: the newest ``keep`` and the ``keep_best`` most accurate
@@ -306,7 +326,7 @@ class Checkpoints:
         self.digests.forget(step)
         if problem or aside is not None:
             done = f"moved it to {aside} (not a folder harness wrote: never deleted)" if aside else "deleted it"
-            what = f" is not restorable ({problem})" if problem else ""
+            what = f" is not restorable ({problem})" if problem and problem != FOREIGN else ""
             self.warn(f"warning: checkpoint step {step}{what}: {done}{then}")
         self.manager.reload()
 

@@ -3,11 +3,12 @@
 - ``steps_to_keep(records, keep, keep_best)``: a pure function over the digest records of *good* steps (digested
   and matching their files). A corrupt step never takes a slot, so a good step is never removed while fewer than
   ``keep`` good ones would remain.
-- A step folder is **harness's** when Orbax's ``_CHECKPOINT_METADATA`` in it names exactly harness's two items
-  (``state``, ``meta``), the folder holds nothing but Orbax's entries (that file, ``commit_success.txt``, ``state/``,
-  ``meta/``) and, when harness recorded a digest for it, no file the digest does not list. harness deletes only such
-  folders; any other folder that stands in the way (a number-named folder of yours, a step with an unknown file in
-  it, unreadable Orbax metadata) is moved aside to ``checkpoints/.bad-STEP-XXXXXXXX`` and kept.
+- A step folder is **harness's** when it holds nothing but Orbax's entries (``_CHECKPOINT_METADATA``,
+  ``commit_success.txt``, ``state/``, ``meta/``) and either harness recorded a digest for it and it holds no file
+  the digest does not list (files may be missing: a damaged step of harness's is still harness's), or, without a
+  digest, its ``_CHECKPOINT_METADATA`` names exactly harness's two items (``state``, ``meta``). harness deletes
+  only such folders; any other folder that stands in the way (a number-named folder of yours, a step with an
+  unknown file in it, unreadable Orbax metadata) is moved aside to ``checkpoints/.bad-STEP-XXXXXXXX`` and kept.
 - Deleting renames the step out of Orbax's listing first (atomic), so a kill mid-delete never leaves a listed,
   half-deleted step; ``sweep`` finishes such deletions on the next start.
 """
@@ -43,16 +44,19 @@ def is_harness_step(step_dir: Path, record: Mapping | None) -> bool:
     if step_dir.is_symlink():
         return False
     try:
-        handlers = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())["item_handlers"]
         entries = {p.name for p in step_dir.iterdir()}
+    except OSError:
+        return False
+    if not entries <= ORBAX_ENTRIES:
+        return False
+    if record is not None:  # harness recorded its files: what is left of them (some may be deleted) is harness's
+        files = {str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file()}
+        return files <= set(record.get("files", {}))
+    try:
+        handlers = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())["item_handlers"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if not isinstance(handlers, dict) or set(handlers) != HARNESS_ITEMS or not entries <= ORBAX_ENTRIES:
-        return False
-    if record is None:
-        return True
-    files = {str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file()}
-    return files <= set(record.get("files", {}))
+    return isinstance(handlers, dict) and set(handlers) == HARNESS_ITEMS
 
 
 def remove_step(step_dir: Path, digest: Path, record: Mapping | None) -> Path | None:

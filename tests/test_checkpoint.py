@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -193,7 +194,43 @@ def test_foreign_number_named_folder_is_never_deleted_nor_restored(tmp_path):
     ckpt = _saved(tmp_path, accuracies=(0.1, 0.2, 0.3), keep=1)
     assert (foreign / "notes.txt").read_text() == "mine"
     assert ckpt.restore_latest(_state())[0] == 3  # 7 is newer but is not ours
-    assert any("step 7" in w and "no digest" in w for w in warnings)
+    assert any("step 7: not a checkpoint harness wrote" in w for w in warnings)  # not "no digest": never saved
+    assert "no digest" not in ckpt.verify(7) and ckpt.verify(7) == checkpoint.FOREIGN
+    ckpt.close()
+
+
+def test_a_save_killed_before_its_digest_is_removed_once_the_run_has_passed_it(tmp_path):
+    """Issue 22 item 13: a stop's save off the save grid (step 2 here), killed between Orbax's commit and the
+    digest, is never saved again on the same number: retention removes it once a newer step is recorded. One
+    above the newest good step is kept: the run replaces it when it gets there."""
+    _saved(tmp_path, accuracies=(0.1, 0.2, 0.3, 0.4, 0.5)).close()
+    (tmp_path / "checkpoint_digests" / "4.json").unlink()
+    for step in (2, 5):
+        (tmp_path / "checkpoint_digests" / f"{step}.json").unlink()  # killed between commit and digest
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    ckpt = Checkpoints(tmp_path, keep=10, keep_best=0, warn=warnings.append)
+    assert [r["step"] for r in ckpt.listing() if r["problem"]] == [5, 2]
+    assert ckpt.save(4, _state(4), _meta(4))
+    ckpt.finalize()
+    assert not (tmp_path / "checkpoints" / "2").exists() and (tmp_path / "checkpoints" / "5").is_dir()
+    assert any("step 2 is not restorable (no digest" in w and "deleted it" in w for w in warnings), warnings
+    assert [r["step"] for r in ckpt.listing() if r["problem"]] == [5]
+    ckpt.close()
+
+
+def test_a_damaged_step_of_harnesss_is_deleted_not_called_foreign(tmp_path):
+    """Issue 22 item 15: a step whose _CHECKPOINT_METADATA was deleted is still harness's (its digest lists its
+    files): replaced by a fresh save, deleted, nothing left behind; never "not a folder harness wrote"."""
+    ckpt = _saved(tmp_path)
+    (tmp_path / "checkpoints" / "3" / "_CHECKPOINT_METADATA").unlink()
+    assert ckpt.save(3, _state(9), _meta(3))
+    ckpt.close()
+    assert [w for w in warnings if "step 3" in w] == [
+        "warning: checkpoint step 3 is not restorable (file _CHECKPOINT_METADATA is missing): deleted it, "
+        "saving it afresh"
+    ]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(BAD_PREFIX)]
+    assert Checkpoints(tmp_path, create=False).verify(3) is None
 
 
 def test_kill_during_deletion_is_finished_on_next_start(tmp_path):
