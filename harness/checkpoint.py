@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
+import json
 import logging
 import os
 import platform
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,6 +144,19 @@ def _stored(state: Any) -> Any:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
 
 
+SAVE_OVERHEAD_BYTES = 256 << 10  # Orbax's dozen small files and the digest, with room to spare
+
+
+def _save_bytes(state: Any, meta: dict) -> int:
+    """About the bytes a save of ``state`` and ``meta`` writes (arrays uncompressed, the JSON, Orbax's files)."""
+    arrays = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+    return arrays + len(json.dumps(meta, default=str)) + SAVE_OVERHEAD_BYTES
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def _all_finite(tree: Any) -> bool:
     return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
@@ -213,6 +229,7 @@ class Checkpoints:
         if present and not self._clear(step):
             return False
         meta = {**meta, "leaves": _leaf_specs(state)}
+        self._check_space(step, state, meta)
         args = ocp.args.Composite(state=ocp.args.StandardSave(_stored(state)), meta=ocp.args.JsonSave(meta))
         self.log.attach()  # until finalize: the async writer logs its failures from other threads
         try:
@@ -234,7 +251,23 @@ class Checkpoints:
             self.manager.reload()
         return not os.path.lexists(self.directory / str(step))
 
+    def _check_space(self, step: int, state: Any, meta: dict) -> None:
+        """Refuses a save the disk cannot hold, before Orbax starts it: a full disk fails Orbax's writers part-way,
+        leaving a temporary folder and printing tracebacks from threads harness cannot silence."""
+        needed = _save_bytes(state, meta)
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return  # unknown: Orbax's own error, if any, says what is wrong
+        if free < needed:
+            raise WorkdirError(
+                f"cannot write checkpoint step {step} in {self.directory}: {os.strerror(errno.ENOSPC)} "
+                f"({_mib(free)} free, a checkpoint needs about {_mib(needed)})"
+            )
+
     def _write_error(self, step: int, e: Exception) -> WorkdirError:
+        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):  # this save's, never committed
+            shutil.rmtree(tmp, ignore_errors=True)
         details = f" (Orbax's details in {self.log.path})" if self.log.flush() else ""
         return WorkdirError(f"cannot write checkpoint step {step} in {self.directory}: {_os_reason(e)}{details}")
 

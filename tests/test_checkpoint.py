@@ -290,9 +290,52 @@ def test_disk_full_is_one_line_and_keeps_existing_checkpoints(tmp_path):
         f"ERROR: cannot write checkpoint step 4 in {tmp_path}/checkpoints: File too large (Orbax's details in {log})"
     ], p.stdout + p.stderr
     assert "Traceback" in log.read_text() and "os_error_code='27'" in log.read_text()
+    assert not list((tmp_path / "checkpoints").glob("*tmp*"))  # the failed save's temporary folder is removed
     ckpt = Checkpoints(tmp_path, warn=warnings.append)
     assert ckpt.good_steps() == [1, 2, 3] and all(ckpt.verify(s) is None for s in (1, 2, 3))
     assert json.loads((tmp_path / "checkpoint_digests" / "3.json").read_text())["step"] == 3
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (mounting one needs root: skipped where it cannot be mounted)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {(p.stderr.strip() or 'mount failed')[:200]}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_without_tracebacks_or_temporary_folders(small_disk):
+    """Issue 22 item 14: on a real full disk Orbax's writers fail part-way, printing "RuntimeError: Event loop is
+    closed" tracebacks from their threads and leaving STEP.orbax-checkpoint-tmp; a save that cannot fit is
+    refused before it starts."""
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from harness.checkpoint import Checkpoints
+        from harness.errors import WorkdirError
+        ckpt = Checkpoints({str(small_disk)!r}, keep=10)
+        try:
+            for step in (1, 2, 3):  # 1.2 MB each: the third does not fit in 3 MiB
+                ckpt.save(step, {{"w": np.random.rand(300, 1000).astype(np.float32)}}, {{}})
+                ckpt.finalize()
+        except WorkdirError as e:
+            print("ERROR:", e)
+        ckpt.close()
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    out = (p.stdout + p.stderr).strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(
+        f"ERROR: cannot write checkpoint step 3 in {small_disk}/checkpoints: No space left on device"
+    ), p.stdout + p.stderr
+    assert not list((small_disk / "checkpoints").glob("*tmp*"))
+    ckpt = Checkpoints(small_disk, create=False)
+    assert ckpt.good_steps() == [1, 2] and all(ckpt.verify(s) is None for s in (1, 2))
+    ckpt.close()
 
 
 def test_orbax_error_codes_read_as_the_os_words():
