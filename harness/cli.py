@@ -267,13 +267,14 @@ def _checkpoints(args) -> int:
 
 
 def _explore(args) -> int:
+    from harness import pictures
     from harness.data import datasets
     from harness.explore import explore, summary
 
+    out = pictures.check_output_dir(args.out or Path("explore") / f"{args.dataset}-{args.split}", "--out")
     builder, _source = datasets.ensure_prepared(args.dataset, args.data_dir)
     split = datasets.load_split(builder, args.split)
     names = datasets.class_names(args.dataset, args.data_dir)
-    out = Path(args.out or Path("explore") / f"{args.dataset}-{args.split}")
     page = explore(split, names, args.dataset, args.split, out, args.klass)
     print(summary(split, names, args.dataset, args.split))
     print(f"wrote {len(list(out.glob('*.png')))} pictures and {page.resolve()}")

@@ -198,6 +198,10 @@ def _dataset(config: ml_collections.ConfigDict) -> None:
     """``config.dataset``: a shipped dataset, or one imported into ``config.data_dir`` (tfds' default when empty)."""
     name, data_dir = config.dataset, config.data_dir or None
     try:
+        catalog.check_root(data_dir)
+    except DataError as e:
+        raise ConfigError(f"config.data_dir: {e}" if data_dir else str(e)) from None
+    try:
         known = isinstance(name, str) and catalog.read(name, data_dir) is not None
     except DataError as e:  # its description does not read: say which file
         raise ConfigError(f"config.dataset={name!r}: {e}") from None

@@ -20,6 +20,8 @@ import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
 
+from harness.errors import HarnessError
+
 IMAGE_CMAP = "gray_r"  # ink dark on white, as the article shows digits
 MATRIX_CMAP = "Blues"
 ACCENT = "#1f77b4"
@@ -42,10 +44,33 @@ def drawing() -> Iterator[None]:
         yield
 
 
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """``path`` if pictures can be written there, else a one-line :class:`HarnessError`: a file, a folder under a
+    file, or one in a place this user cannot write. Creates nothing."""
+    path = Path(path).expanduser()
+    nearest = path
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        where = "is a file" if nearest == path else f"cannot be made: {nearest} is a file"
+        raise HarnessError(f"{what} {path} {where}; name a folder for the pictures")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise HarnessError(f"{what} {path}: cannot write in {nearest}; name a folder you can write")
+    return path
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or e
+        raise HarnessError(f"{directory}: cannot write pictures here ({reason}); name a folder you can write") from None
+
+
 def save(fig: plt.Figure, path: Path) -> Path:
     """Writes ``fig`` as a PNG (exactly its figure size × DPI pixels) and closes it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(path.parent)
     fig.savefig(path, format="png", facecolor="white", dpi=DPI)
     plt.close(fig)
     return path

@@ -190,13 +190,13 @@ def _tensorboard_images(workdir: Path, pngs: dict, step: int) -> None:
 def write_report(workdir: Path, out: Path | None = None) -> Path:
     """Writes the report of ``workdir``'s latest checkpoint into ``out`` (default ``WORKDIR/report``)."""
     workdir = Path(workdir).resolve()
+    out = pictures.check_output_dir(out, "--out") if out else workdir / "report"
     rows = read_metrics(workdir)
     config, run, meta = load_trained(workdir)
     test = datasets.load_split(_test_builder(config, workdir), "test")
     names = datasets.class_names(config.dataset, config.get("data_dir") or None)
     probs = probabilities(run, test.images)
     counts = confusion(test.labels, probs.argmax(-1), len(names))
-    out = Path(out) if out else workdir / "report"
     pngs = {
         "learning_curves": pictures.save(learning_curves(rows), out / "learning_curves.png"),
         "confusion_matrix": pictures.save(confusion_figure(counts, names), out / "confusion_matrix.png"),

@@ -29,10 +29,15 @@ def enable_compilation_cache(announce: Callable[[str], Any] | None = None) -> st
     directory = settings.load().compilation_cache
     if directory is None:
         return None
+    problem = settings.dir_problem(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # an unwritable cache dir only costs compile time
+        if problem is None:
+            directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        problem = f"cannot be made ({e.strerror})"
+    if problem is not None:  # an unusable cache only costs compile time: say so once, go on without
+        settings.cache_unusable("HARNESS_COMPILATION_CACHE", directory, problem, "compiling without a cache")
+        return None
     already = jax.config.jax_compilation_cache_dir == str(directory)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

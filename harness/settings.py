@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,34 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     relevant = (k for k in environ if k.startswith("HARNESS_") or k in ("XDG_CACHE_HOME", "HOME"))
     return _parse(tuple(sorted((k, environ[k]) for k in relevant)))
+
+
+def dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot serve as a folder harness writes into (a file, under a file, not writable), else None.
+    Creates nothing."""
+    nearest = Path(path)
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        return "is a file" if nearest == Path(path) else f"cannot be made ({nearest} is a file)"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"cannot be written ({nearest} is not writable)"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """``harness: warning: MESSAGE`` on stderr, once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"harness: warning: {message}", file=sys.stderr, flush=True)
+
+
+def cache_unusable(name: str, path: Path, problem: str, without: str) -> None:
+    """Warns once that the cache folder of variable ``name`` cannot be used and what harness does instead."""
+    warn_once(f"{name}: {display_path(path)} {problem}; {without} (set {name} to a folder you can write, or off)")
 
 
 def display_path(path: Path) -> str:

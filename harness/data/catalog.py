@@ -46,6 +46,25 @@ def root(data_dir: str | Path | None) -> Path:
     return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets").expanduser()
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_root(data_dir: str | Path | None) -> Path:
+    """The data dir (:func:`root`), refused in one line when it cannot hold datasets: a file, or a folder whose
+    closest existing ancestor is a file. A missing folder is fine (tfds creates it when it prepares a dataset)."""
+    path = root(data_dir)
+    how = " (TFDS_DATA_DIR)" if not data_dir and os.environ.get("TFDS_DATA_DIR") else ""
+    found = nearest_existing(path)
+    if not found.is_dir():
+        what = "is a file" if found == path else f"cannot be made: {found} is a file"
+        raise DataError(f"data dir {path}{how} {what}; name a folder for datasets (it is created when missing)")
+    return path
+
+
 def check_name(name: str) -> str:
     """``name`` if it can name an imported dataset; else a ``DataError`` saying what is allowed."""
     if name in NAMES:
@@ -78,9 +97,15 @@ def parse_classes(text: str) -> tuple[str, ...]:
     return check_classes(text.split(","))
 
 
-def check_labels(classes: Sequence[str], highest_label: int, directory: Path) -> None:
-    """The class names must match the labels in the files (0..highest), and the models have NUM_CLASSES outputs."""
+def check_labels(classes: Sequence[str], highest_label: int, directory: Path, outside: str = "") -> None:
+    """The labels in the files (0..highest) must fit the models' NUM_CLASSES outputs, and the class names must
+    match them; ``outside`` says which labels are beyond the outputs (e.g. `` (label 12: 1 example in train)``)."""
     count = highest_label + 1
+    if count > NUM_CLASSES:  # first: naming more classes would not help, the models have NUM_CLASSES outputs
+        raise DataError(
+            f"{directory}: labels 0..{highest_label} make {count} classes{outside}; harness's models have "
+            f"{NUM_CLASSES} outputs, so only {NUM_CLASSES}-class datasets (labels 0..{NUM_CLASSES - 1}) can be imported"
+        )
     if len(classes) != count:
         raise DataError(
             f"--classes names {len(classes)} classes, but the labels in {directory} are 0..{highest_label} "
@@ -116,6 +141,7 @@ def read(name: str, data_dir: str | Path | None = None) -> Imported | None:
     """The imported dataset ``name`` in the data dir, None when there is none (or ``name`` is not a valid name)."""
     if name in NAMES or not _NAME.fullmatch(name):
         return None
+    check_root(data_dir)
     path = _meta_path(name, data_dir)
     return _from_json(path, name) if path.is_file() else None
 
@@ -123,7 +149,7 @@ def read(name: str, data_dir: str | Path | None = None) -> Imported | None:
 def imported(data_dir: str | Path | None = None) -> list[Imported]:
     """Every dataset imported into the data dir, by name (a description that does not read is left out)."""
     found = []
-    for path in sorted(root(data_dir).glob(f"*/{META_FILE}")):
+    for path in sorted(check_root(data_dir).glob(f"*/{META_FILE}")):
         try:
             meta = read(path.parent.name, data_dir)
         except DataError:

@@ -189,6 +189,7 @@ class Split:
 def builder(name: str, data_dir: str | None = None, idx_dir: Path | None = None) -> tfds.core.DatasetBuilder:
     """The harness builder for ``name``, shipped or imported into the data dir; ``data_dir`` None means tfds'
     default (``TFDS_DATA_DIR`` honoured)."""
+    catalog.check_root(data_dir)
     if name in BUILDERS:
         return BUILDERS[name](data_dir=data_dir or None, idx_dir=idx_dir)
     meta = catalog.read(name, data_dir)
@@ -226,6 +227,24 @@ def no_data_message(name: str) -> str:
     )
 
 
+def _prepare(b: tfds.core.DatasetBuilder) -> None:
+    """``b.download_and_prepare()``; a data dir that cannot be written is one line (before anything is written where
+    the OS says so up front), never an ``OSError`` traceback."""
+    data_dir = Path(b.data_dir).parents[1]  # DATA_DIR/NAME/VERSION
+    nearest = catalog.nearest_existing(data_dir)
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise DataError(f"data dir {data_dir}: cannot write in {nearest}; {_WRITABLE}")
+    try:
+        b.download_and_prepare()
+    except OSError as e:
+        if e.filename is None:
+            raise
+        raise DataError(f"data dir {data_dir}: cannot write {e.filename} ({e.strerror}); {_WRITABLE}") from None
+
+
+_WRITABLE = "name a folder you can write (--data-dir, config.data_dir or TFDS_DATA_DIR)"
+
+
 def _validated_labels(directory: Path, num_classes: int = idx.NUM_CLASSES) -> list[np.ndarray]:
     """Validates the four IDX files in ``directory`` (before anything is written); returns the splits' labels."""
     directory = Path(directory)
@@ -245,8 +264,19 @@ def prepare_from_dir(name: str, directory: Path, data_dir: str | None = None) ->
     b = builder(name, data_dir, idx_dir=Path(directory))
     if b.is_prepared():
         raise DataError(f"{name} is already prepared in {b.data_dir}; remove that folder to import again")
-    b.download_and_prepare()
+    _prepare(b)
     return b
+
+
+def _outside(labels: list[np.ndarray]) -> str:
+    """`` (label 12: 1 example in train)``: the labels beyond the models' outputs and where they are, or ''."""
+    parts = []
+    for split, values in zip(("train", "test"), labels, strict=True):
+        found, counts = np.unique(values[values >= idx.NUM_CLASSES], return_counts=True)
+        parts += [
+            f"label {v}: {c} example{'s' if c > 1 else ''} in {split}" for v, c in zip(found, counts, strict=True)
+        ]
+    return f" ({'; '.join(parts[:4])}{'; …' if len(parts) > 4 else ''})" if parts else ""
 
 
 def import_named(
@@ -258,7 +288,8 @@ def import_named(
     catalog.check_name(name)
     classes = catalog.check_classes(classes)
     labels = _validated_labels(directory, num_classes=256)
-    catalog.check_labels(classes, max(int(split.max()) for split in labels), Path(directory))
+    highest = max(int(split.max()) for split in labels)
+    catalog.check_labels(classes, highest, Path(directory), _outside(labels))
     folder = catalog.root(data_dir) / name
     if folder.exists() and not (folder / catalog.META_FILE).is_file():
         raise DataError(f"{folder} holds data harness did not import (another tfds dataset?); choose another name")
@@ -269,7 +300,7 @@ def import_named(
     fresh = not folder.exists()
     try:
         catalog.write(meta, data_dir)
-        b.download_and_prepare()
+        _prepare(b)
     except BaseException:
         if fresh:
             shutil.rmtree(folder, ignore_errors=True)
@@ -291,7 +322,7 @@ def ensure_prepared(name: str, data_dir: str | None = None) -> tuple[tfds.core.D
     if not _online(b.URL):
         raise DataError(no_data_message(name))
     try:
-        b.download_and_prepare()
+        _prepare(b)
     except (OSError, ValueError, tfds.download.DownloadError, NonMatchingChecksumError) as e:
         reason = " ".join(str(e).split())[:300]
         raise DataError(f"download of {name} failed ({type(e).__name__}: {reason}); {no_data_message(name)}") from None
@@ -313,8 +344,15 @@ def _cache_path(b: tfds.core.DatasetBuilder, split: str) -> Path | None:
     files = sorted(Path(b.data_dir).glob(f"{b.name}-{split}.array_record*"))
     if directory is None or not files:
         return None
+    problem = settings.dir_problem(directory)
+    if problem is not None:
+        settings.cache_unusable("HARNESS_DATA_CACHE", directory, problem, _NO_DATA_CACHE)
+        return None
     key = hashlib.sha256("|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode())
     return directory / f"{b.name}-{b.version}-{split}-{key.hexdigest()[:16]}.npz"
+
+
+_NO_DATA_CACHE = "decoding the splits each time"
 
 
 def _write_cache(path: Path, data: Split, dataset: str, split: str) -> None:
@@ -331,8 +369,8 @@ def _write_cache(path: Path, data: Split, dataset: str, split: str) -> None:
         ]
         for old in stale:
             old.unlink(missing_ok=True)
-    except OSError:
-        pass  # an unwritable cache only costs the decoding next time
+    except OSError as e:  # an unwritable cache only costs the decoding next time: say so once
+        settings.cache_unusable("HARNESS_DATA_CACHE", path.parent, f"cannot be written ({e.strerror})", _NO_DATA_CACHE)
 
 
 def _read_cache(path: Path, count: int) -> Split | None:
