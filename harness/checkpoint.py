@@ -437,6 +437,9 @@ class Checkpoints:
         finally:
             self.log.attach()
             try:
+                # Orbax's close() does not wait for the clean-up of temporary folders it starts when it opens:
+                # a run refused right after opening (its workdir then removed) would get its traceback.
+                getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
                 self.manager.close()
             finally:
                 self.log.detach()

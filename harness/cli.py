@@ -186,11 +186,13 @@ def _train(args, extra: Sequence[str]) -> int:
     from harness.train import train_and_evaluate
 
     config = config_lib.load(args.config, _split_overrides(extra))
+    config_lib.check_model_keys(config)
     workdir = args.workdir
     if workdir is None:
         workdir = colab.default_workdir(Path(args.config).stem)
         if colab.drive_root() is not None:
             print(f"workdir on Google Drive: {workdir} (checkpoints outlive the Colab runtime)")
+    config_lib.check_init_from(config, workdir)
     train_and_evaluate(config, workdir)
     return 0
 

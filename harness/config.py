@@ -321,6 +321,49 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _profile(config)
 
 
+# The size keys each model reads; the tiny test models have fixed sizes and read none of them.
+MODEL_KEYS = {"mlp": ("mlp_hidden",), "cnn": ("cnn_channels", "cnn_dense", "cnn_pool"), "mlp_tiny": (), "cnn_tiny": ()}
+SIZE_KEYS = ("mlp_hidden", "cnn_channels", "cnn_dense", "cnn_pool")
+
+
+def check_model_keys(config: ml_collections.ConfigDict) -> None:
+    """Refuses a size key set away from its default for a model that ignores it (``mlp_hidden`` with ``mlp_tiny``
+    or ``cnn``): the run would not be the model asked for. For ``harness train``: saved runs are not re-checked."""
+    reads = MODEL_KEYS.get(config.model)
+    if reads is None:
+        return
+    defaults = base_config()
+    for key in SIZE_KEYS:
+        value, default = config[key], defaults[key]
+        same = tuple(value) == tuple(default) if isinstance(value, tuple | list) else value == default
+        if key not in reads and not same:
+            users = ", ".join(m for m, keys in MODEL_KEYS.items() if key in keys)
+            raise ConfigError(
+                f"config.{key}={value!r}: the {config.model} model does not read it (only {users} does); use "
+                f"--config.model={users.split(',')[0]} or leave {key} out"
+            )
+
+
+def check_init_from(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+    """``config.init_from`` for a run into ``workdir``: another run's workdir holding checkpoints. Not checked when
+    ``workdir`` has checkpoints already (the run resumes from its own; the source is not read again)."""
+    if not config.init_from:
+        return
+    source, workdir = Path(config.init_from).expanduser().resolve(), Path(workdir).expanduser().resolve()
+    if source == workdir:
+        raise ConfigError(
+            f"config.init_from={config.init_from!r}: this run's own workdir; a run resumes from its own checkpoints "
+            "by itself, init_from names another run's workdir"
+        )
+    if (workdir / "checkpoints").is_dir():
+        return
+    if not (source / "checkpoints").is_dir():
+        raise ConfigError(
+            f"config.init_from={config.init_from!r}: no checkpoints there; name the workdir of a trained run "
+            "(the folder holding its checkpoints/)"
+        )
+
+
 def _profile(config: ml_collections.ConfigDict) -> None:
     from harness.profiling import parse_steps  # imports jax: keep config loading light
 
