@@ -50,7 +50,13 @@ def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="classify test images (--index) or your own files (--image)")
     pr.add_argument("--workdir", required=True)
     which = pr.add_mutually_exclusive_group(required=True)
-    which.add_argument("--index", type=int, nargs="+", metavar="I", help="test-split images by index")
+    which.add_argument(
+        "--index",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="test images by their position in the test IDX files (t10k-…), from 0",
+    )
     which.add_argument(
         "--image", nargs="+", metavar="FILE", help="pictures (PNG, JPEG, …) or .npy arrays, converted to 28×28"
     )

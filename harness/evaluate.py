@@ -60,7 +60,8 @@ def top3(p: np.ndarray, names: list[str]) -> list[list]:
 
 
 def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
-    """For each test-split index: the true label, the predicted class and the top-3 probabilities."""
+    """For each test-split index — the position in the test IDX files (``t10k-*``), as imported, not tfds' stored
+    order —: the true label, the predicted class and the top-3 probabilities."""
     config, run, _ = load_trained(workdir)
     builder, _ = datasets.ensure_prepared(config.dataset, config.data_dir or None)
     test = datasets.load_split(builder, "test")
@@ -68,11 +69,12 @@ def predict(workdir: str | Path, indices: list[int]) -> list[dict]:
     if bad:
         raise DataError(f"--index {bad[0]}: outside the test split (0..{len(test) - 1})")
     names = datasets.class_names(config.dataset, config.get("data_dir") or None)
-    probs = probabilities(run, test.images[indices])
+    stored = datasets.file_positions("test", len(test))[indices]
+    probs = probabilities(run, test.images[stored])
     rows = []
-    for i, p in zip(indices, probs, strict=True):
+    for i, j, p in zip(indices, stored, probs, strict=True):
         top = top3(p, names)
-        true = names[test.labels[i]]
+        true = names[test.labels[j]]
         rows.append({"index": i, "true": true, "predicted": top[0][0], "correct": top[0][0] == true, "top3": top})
     return rows
 

@@ -278,7 +278,7 @@ def test_import_train_predict_explore_info_of_kmnist_and_a_named_dataset(
     how, tiny_idx_dir, tmp_path, capsys, monkeypatch
 ):
     from harness import explore
-    from harness.data import datasets
+    from harness.data import datasets, idx
 
     name, data_dir, workdir = how[1], tmp_path / "tfds", tmp_path / "run"
     assert cli.main(["data", "import", str(tiny_idx_dir), *how, "--data-dir", str(data_dir)]) == 0
@@ -296,6 +296,8 @@ def test_import_train_predict_explore_info_of_kmnist_and_a_named_dataset(
     assert cli.main(["predict", "--workdir", str(workdir), "--index", "0", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(r["true"] in classes and {c for c, _ in r["top3"]} <= set(classes) for r in rows)
+    _, file_labels = idx.load_split(tiny_idx_dir, "test")  # --index counts in the files' order (issue 22 item 10)
+    assert [r["true"] for r in rows] == [classes[k] for k in file_labels[:2]]
     seen = {}  # the pictures are test_explore's: here, what explore is given (drawing them takes seconds)
     monkeypatch.setattr(explore, "explore", lambda split, names, *a: seen.update(n=len(split), names=names) or tmp_path)
     assert cli.main(["explore", "--dataset", name, "--data-dir", str(data_dir), "--out", str(tmp_path / "x")]) == 0

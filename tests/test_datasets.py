@@ -25,6 +25,21 @@ def test_import_then_load_gives_the_files_content(tiny_idx_dir, tiny_data_dir):
         assert _sorted_pairs(loaded.images, loaded.labels) == _sorted_pairs(images, labels)
 
 
+def test_file_positions_recover_the_idx_files_order(tiny_idx_dir, tiny_data_dir):
+    """Issue 22 item 10: tfds stores a split in hashed-key order; ``file_positions`` maps the files' order to it,
+    so `predict --index I` shows the I-th image of the files the user imported."""
+    from harness.data import idx
+
+    b = datasets.builder("fashion_mnist", tiny_data_dir)
+    for split in ("train", "test"):
+        loaded = datasets.load_split(b, split)
+        images, labels = idx.load_split(tiny_idx_dir, split)
+        assert not np.array_equal(loaded.labels, labels)  # tfds did reorder them: the positions are needed
+        positions = datasets.file_positions(split, len(loaded))
+        np.testing.assert_array_equal(loaded.images[positions], images)
+        np.testing.assert_array_equal(loaded.labels[positions], labels)
+
+
 def test_prepare_does_not_import_tensorflow(tiny_data_dir):
     import sys
 

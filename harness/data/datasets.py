@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import hashing as tfds_hashing
 from tensorflow_datasets.core import utils as tfds_utils
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
@@ -382,6 +383,17 @@ def _read_cache(path: Path, count: int) -> Split | None:
     ok = images.dtype == np.uint8 and images.shape == (count, *tfds_mnist.MNIST_IMAGE_SHAPE)
     ok = ok and labels.dtype == np.int32 and labels.shape == (count,)
     return Split(images, labels) if ok and np.all((labels >= 0) & (labels < idx.NUM_CLASSES)) else None
+
+
+def file_positions(split: str, count: int) -> np.ndarray:
+    """``positions[i]``: where example ``i`` of the split's IDX file sits in the split as prepared. tfds writes a
+    split's examples ordered by a hash of their keys salted with the split's name (``disable_shuffling`` off), and
+    harness's builders key the file's example ``i`` as ``i``; so the files' order is recomputed, not stored."""
+    hasher = tfds_hashing.Hasher(split)
+    stored = sorted(range(count), key=hasher.hash_key)  # stored[j] = the file's example at position j
+    positions = np.empty(count, np.int64)
+    positions[stored] = np.arange(count)
+    return positions
 
 
 def load_split(b: tfds.core.DatasetBuilder, split: str) -> Split:
