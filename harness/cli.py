@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -394,7 +396,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     args, extra = _parser().parse_known_args(argv)
     with _stop_signals(args):  # before anything slow: a Ctrl-C is never lost
-        return _run(args, extra)
+        try:
+            rc = _run(args, extra)
+            sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
+        except BrokenPipeError:
+            return _reader_gone()
+        return rc
+
+
+EXIT_PIPE = 141  # 128 + SIGPIPE: what `git log | head` and other Unix tools end with when the reader goes away
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``harness … | head``): stop quietly, as Unix tools do, with no traceback
+    from this or from Python's flush at exit."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):  # no descriptor: a test's capture
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE
 
 
 def _run(args, extra: Sequence[str]) -> int:
