@@ -56,6 +56,12 @@ class Point:
     width: int = 1  # multiplies the model's widths (config.width)
 
 
+def label(point: Point) -> str:
+    """A point in a few words, for progress lines: ``cnn w1 b128 float32 pmap device ×16``."""
+    p = point
+    return f"{p.model} w{p.width} b{p.batch_size} {p.dtype} {p.parallel} {p.data} ×{p.steps_per_dispatch or 'auto'}"
+
+
 def resolve(point: Point) -> Point:
     """``point`` with ``steps_per_dispatch=0`` (auto) replaced by the count ``harness train`` runs with the default
     logging and checkpoint intervals on these devices (1 with host data), so the default point is training's path."""
@@ -304,13 +310,22 @@ def out_of_memory(error: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
 
 
-def sweep(point: Point, max_batch: int = 65536, patience: int = 2, min_gain: float = 0.05, **kw) -> list[dict]:
+def sweep(
+    point: Point,
+    max_batch: int = 65536,
+    patience: int = 2,
+    min_gain: float = 0.05,
+    before: Callable[[Point], Any] = lambda p: None,
+    **kw,
+) -> list[dict]:
     """Doubles the batch size from ``point.batch_size`` until throughput stops improving by ``min_gain`` for
     ``patience`` steps, memory runs out, or ``max_batch``; returns one ``(point, figures)`` dict per size tried,
-    the last with ``figures`` None, ``stopped`` "out of memory" and the ``error``'s first line if memory ran out."""
+    the last with ``figures`` None, ``stopped`` "out of memory" and the ``error``'s first line if memory ran out.
+    ``before(point)`` is called before each size is measured (a progress line)."""
     results, best, stale, bs = [], 0.0, 0, point.batch_size
     while bs <= max_batch and stale < patience:
         p = dataclasses.replace(point, batch_size=bs)
+        before(p)
         try:
             figures = measure(p, **kw)
         except (jax.errors.JaxRuntimeError, OutOfMemoryError, MemoryError) as e:  # out of memory ends the walk

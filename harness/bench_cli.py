@@ -6,6 +6,8 @@ import dataclasses
 import json
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import bench, ledger, paths
@@ -181,8 +183,10 @@ def _measured(point: bench.Point, args) -> dict:
 
 
 def _measure_grid(args) -> list[dict]:
-    results, plan = [], None
-    for point in _points(args):
+    results, plan, points = [], None, _points(args)
+    progress = _Progress(len(points))
+    for point in points:
+        progress(bench.label(point))
         figures = _measured(point, args)
         plan = _show(point, figures, plan)
         results.append((point, figures))
@@ -193,7 +197,13 @@ def _measure_grid(args) -> list[dict]:
 def _sweep_rows(point: bench.Point, args) -> list[dict]:
     """One batch sweep's rows: every size measured, the size that ran out of memory (an ``out_of_memory`` row
     saying so, where one did), and the best size."""
-    tried = bench.sweep(point, windows=args.windows, dispatches_per_window=args.dispatches)
+    progress = _Progress()
+    tried = bench.sweep(
+        point,
+        windows=args.windows,
+        dispatches_per_window=args.dispatches,
+        before=lambda p: progress(bench.label(p)),
+    )
     shown = {"plan": None}
 
     def show(p: bench.Point, f: dict) -> None:
@@ -305,6 +315,19 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+class _Progress:
+    """A line before each unit of a long command's work: which one (of how many, when known) and the seconds
+    since the command's work began."""
+
+    def __init__(self, total: int | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.total, self.done, self.clock, self.started = total, 0, clock, clock()
+
+    def __call__(self, what: str) -> None:
+        self.done += 1
+        of = f"/{self.total}" if self.total else ""
+        _say(f"[{self.done}{of}] measuring {what}  ({self.clock() - self.started:.0f} s so far)")
+
+
 def _median_text(figures: dict) -> str:
     if math.isnan(figures["median_seconds"]):
         return f"not reached by any of {figures['seeds']} seeds"
@@ -351,7 +374,13 @@ def _suite_rows(args) -> list[dict]:
 
     print(f"suite: {len(devices)} {devices[0].device_kind} device(s), budget {args.budget:.0f} s")
     return suite.run(
-        devices[0].platform, len(devices), ALLOWED["parallel"], quick=args.quick, budget_seconds=args.budget, show=show
+        devices[0].platform,
+        len(devices),
+        ALLOWED["parallel"],
+        quick=args.quick,
+        budget_seconds=args.budget,
+        show=show,
+        print_fn=_say,
     )
 
 

@@ -86,7 +86,12 @@ class Budget:
     """Seconds left of ``seconds`` by ``clock``; what was skipped for lack of them."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.perf_counter):
-        self.clock, self.end, self.skipped = clock, clock() + seconds, []
+        self.clock, self.started, self.skipped = clock, clock(), []
+        self.end = self.started + seconds
+
+    def elapsed(self) -> float:
+        """Seconds spent so far."""
+        return self.clock() - self.started
 
     def allows(self, what: str) -> bool:
         if self.clock() < self.end:
@@ -96,13 +101,18 @@ class Budget:
 
 
 def _measure_part(part: Part, s: Sizes, budget: Budget, show: Callable, print_fn: Callable[[str], None]) -> list[dict]:
+    def say(p: bench.Point) -> None:  # which point, and the time so far
+        print_fn(f"{part.name}: measuring {bench.label(p)}  ({budget.elapsed():.0f} s so far)")
+
     rows: list[dict] = []
     for point in map(bench.resolve, part.points):
         if not budget.allows(f"{part.name}: {point.model} w{point.width} b{point.batch_size} {point.dtype}"):
             continue
         if part.sweep:
-            tried = bench.sweep(point, max_batch=s.max_batch, windows=s.windows, dispatches_per_window=s.dispatches)
+            kw = {"windows": s.windows, "dispatches_per_window": s.dispatches}
+            tried = bench.sweep(point, max_batch=s.max_batch, before=say, **kw)
         else:
+            say(point)
             tried = [{"point": point, "figures": bench.measure(point, s.windows, s.dispatches)}]
         rows += ledger.tried_rows(tried, show, lambda line: print_fn(f"{part.name}: {line}"), {"suite": part.name})
     return rows
@@ -112,7 +122,7 @@ def _tta(s: Sizes, budget: Budget, print_fn: Callable[[str], None]) -> list[dict
     if not budget.allows(f"tta: {s.tta_config}"):
         return []
     try:
-        figures = bench.time_to_accuracy(s.tta_config, 0.90, [0])
+        figures = bench.time_to_accuracy(s.tta_config, 0.90, [0], print_fn=lambda line: print_fn(f"tta: {line}"))
     except HarnessError as e:  # no dataset here (offline, not prepared): the throughput rows stand alone
         print_fn(f"tta: skipped ({e})")
         return []

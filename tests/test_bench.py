@@ -166,6 +166,31 @@ def test_cli_sweep_records_the_out_of_memory_point(monkeypatch, capsys, tmp_path
     assert "Out of memory" in ledger.leaderboard(rows) and "| 64 | out of memory |" in ledger.leaderboard(rows)
 
 
+def test_bench_run_and_sweep_say_which_point_they_measure_before_measuring_it(monkeypatch, capsys, tmp_path):
+    """Long commands speak: a line before each point (which, of how many, the seconds so far), then its row."""
+    real = bench.measure(TINY, windows=5, dispatches_per_window=1, warmup=1)  # figures of the right shape
+    measured = []
+
+    def measure(point, **_):
+        measured.append(point.batch_size)
+        return {**real, "examples_per_sec": 100.0 * point.batch_size if point.batch_size < 64 else 1.0}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    common = ["--models", "mlp_tiny", "--num-devices", "8", "--steps-per-dispatch", "1", "--no-ledger"]
+    rc, out, _ = bench_cli_run(capsys, "run", "--batch-sizes", "16,32", *common)
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert rc == 0 and [line.split("  (")[0] for line in lines] == [
+        "[1/2] measuring mlp_tiny w1 b16 float32 pmap device ×1",
+        "[2/2] measuring mlp_tiny w1 b32 float32 pmap device ×1",
+    ]
+    assert out.index("[2/2]") > out.index("mlp_tiny w1  ") and lines[0].endswith(" s so far)")
+    rc, out, _ = bench_cli_run(capsys, "sweep", "--batch-sizes", "16", *common)
+    lines = [line.split("  (")[0] for line in out.splitlines() if line.startswith("[")]
+    assert rc == 0 and lines == [
+        f"[{i}] measuring mlp_tiny w1 b{b} float32 pmap device ×1" for i, b in ((1, 16), (2, 32), (3, 64), (4, 128))
+    ]
+
+
 def test_cli_sweep_where_nothing_fits(monkeypatch, capsys, tmp_path):
     """The compiled step checked against free memory (200 KiB here) before it runs: the sweep's first size is an
     ``out_of_memory`` row, no best, exit 0, no traceback."""

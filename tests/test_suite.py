@@ -44,6 +44,10 @@ def test_points_left_when_the_budget_is_spent_are_skipped_and_listed(monkeypatch
     lines = []
     rows = suite._measure_part(part, suite.QUICK, budget, lambda p, f: None, lines.append)
     assert len(measured) == 3 and len(rows) == 3  # 0 s, 10 s, 20 s: all started inside the 25 s
+    assert lines == [  # it speaks: which point, and the seconds so far
+        f"strategies: measuring mlp_tiny w1 b16 float32 {p} device ×1  ({t} s so far)"
+        for p, t in (("pmap", 0), ("jit", 10), ("pmap", 20))
+    ]
     part2 = suite.Part("data", (bench.Point("mlp_tiny", 16),))
     assert suite._measure_part(part2, suite.QUICK, budget, lambda p, f: None, lines.append) == []
     assert budget.skipped == ["data: mlp_tiny w1 b16 float32"]
