@@ -63,9 +63,11 @@ def build(
     tx = steps.make_optimizer(config, steps_per_epoch)
     options = steps.Options.from_config(config)
     ema = options.ema_decay > 0
-    _check_state_fits(config, plan, tx, ema, devices)
+    free = parallel.free_bytes(devices)  # measured before anything of this run is allocated
+    state_size = _check_state_fits(config, plan, tx, ema, devices, free)
     graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=ema)
     par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
+    par.budget = parallel.Budget(free, state_size, config.width)  # the compiled steps are checked against the same
     host_state = jax.device_get(state)
     return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
 
@@ -73,23 +75,42 @@ def build(
 def state_bytes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool) -> int:
     """Bytes of the train state ``build`` would make (parameters, optimizer moments, BatchNorm statistics, EMA),
     from its shapes alone: nothing is allocated."""
+    return _sizes(config, plan, tx, ema)[0]
+
+
+def _sizes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool) -> tuple[int, int]:
+    """(bytes of the train state, bytes of its parameters), from shapes alone."""
     abstract = jax.eval_shape(lambda: steps.init_state(models.create(config, plan.conv), tx, ema=ema)[1])
-    return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))
+
+    def size(tree: Any) -> int:
+        return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+    return size(abstract), size(abstract.params)
 
 
-def _check_state_fits(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool, devices: list) -> None:
-    """Stops with one line, before anything is allocated, when the train state alone cannot fit in a device's free
-    memory (a too-large ``width`` or layer size would otherwise end in an allocation failure or the OOM killer);
-    where :func:`harness.parallel.free_bytes` makes no check (several processes, unknown memory), nothing is traced."""
-    have = parallel.free_bytes(devices)
-    if have is None:
-        return
-    needs = state_bytes(config, plan, tx, ema)
-    if needs > have:
+def _check_state_fits(
+    config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool, devices: list, free: int | None
+) -> int | None:
+    """Stops with one line, before anything is allocated, when the train state and its gradients (what a train step
+    holds at the least) cannot fit in a device's ``free`` memory (a too-large ``width`` or layer size would
+    otherwise allocate for minutes and end in an allocation failure or the OOM killer). Returns the state's bytes;
+    None where :func:`harness.parallel.free_bytes` makes no check (several processes, unknown memory): nothing is
+    traced then."""
+    if free is None:
+        return None
+    state, params = _sizes(config, plan, tx, ema)
+    if state + params > free:
         raise OutOfMemoryError(
-            f"config.width={config.width}: the model's train state alone needs {_gib(needs)} per device but "
-            f"{devices[0].platform} has {_gib(max(have, 0))} free per device: use a smaller config.width or model"
+            f"{_knob(config)}: the model's train state and gradients alone need "
+            f"{_gib(state + params)} per device but {devices[0].platform} has {_gib(max(free, 0))} free per device: "
+            f"use a smaller config.width or model"
         )
+    return state
+
+
+def _knob(config: ml_collections.ConfigDict) -> str:
+    """The setting that makes the model too large: its width when widened, else the model."""
+    return f"config.width={config.width}" if config.width > 1 else f"config.model={config.model}"
 
 
 def _gib(n: int) -> str:

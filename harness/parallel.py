@@ -25,6 +25,7 @@ step (``train_batch``, the host-pipeline baseline). ``predict`` gives class prob
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable
 from functools import partial
@@ -67,16 +68,41 @@ def free_bytes(devices: list) -> int | None:
     return runtime.available_bytes(devices)
 
 
-def check_memory(compiled: list, devices: list) -> None:
-    """Stops with one line, before the first step, when a compiled step needs more memory than a device has."""
-    have = free_bytes(devices)
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What a run's compiled steps are checked against: the free memory per device measured before the run
+    allocated anything (None: no check), the bytes of its train state, and its ``config.width``."""
+
+    free: int | None = None
+    state: int | None = None
+    width: int = 1
+
+
+def model_knob(width: int) -> str:
+    """The setting to name when the model is too large: ``config.width=W`` when widened, else the model."""
+    return f"config.width={width}" if width > 1 else "the model"
+
+
+def check_memory(compiled: list, devices: list, budget: Budget | None = None) -> None:
+    """Stops with one line, before the first step, when a compiled step needs more memory than a device has: the
+    free memory of ``budget`` (measured before the run allocated its state and data, which the need includes),
+    else what is free now. The hint names the model's width when the train state is most of the need."""
+    have = budget.free if budget is not None and budget.free is not None else free_bytes(devices)
     if have is None:
         return
     needs = [n for n in (needed_bytes(c) for c in compiled) if n is not None]
     if needs and max(needs) > have:
+        state = budget.state if budget is not None else None
+        width = budget.width if budget is not None else 1
+        hint = (
+            f"use a smaller config.width or model ({model_knob(width)}: its train state alone is "
+            f"{state / 2**30:.1f} GiB)"
+            if state is not None and 2 * state >= max(needs)
+            else "use a smaller config.batch_size (or model)"
+        )
         raise OutOfMemoryError(
             f"the train step needs {max(needs) / 2**30:.1f} GiB per device (XLA's estimate) but {devices[0].platform} "
-            f"has {max(have, 0) / 2**30:.1f} GiB free per device: use a smaller config.batch_size (or model)"
+            f"has {max(have, 0) / 2**30:.1f} GiB free per device: {hint}"
         )
 
 
@@ -107,6 +133,7 @@ class Parallel:
         self.devices = list(devices)
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self.traces: collections.Counter = collections.Counter()
+        self.budget: Budget | None = None  # set by harness.build: free memory measured before the run allocated
         options = steps.Options() if options is None else options
         train = dict(micro_batches=micro_batches, options=options)
         flip = options.eval_flip
@@ -223,6 +250,7 @@ class Parallel:
         check_memory(
             [self._fns[n] for n in ("train", "train_steps", "eval") if hasattr(self._fns[n], "memory_analysis")],
             self.devices,
+            self.budget,
         )
         return time.perf_counter() - start
 

@@ -87,8 +87,70 @@ def test_a_model_too_wide_for_memory_stops_before_it_is_made(monkeypatch):
     config = _config(model="mlp", width=64)  # 784 × 8192 + 8192 × 10 ≈ 6.5 M parameters, × 3 with Adam's moments
     with pytest.raises(
         OutOfMemoryError,
-        match=r"config.width=64: the model's train state alone needs 74.5 MiB per device but cpu has 64.0 MiB free",
+        match=r"config.width=64: the model's train state and gradients alone need 99.4 MiB per device but cpu has "
+        r"64.0 MiB free",
     ):
         build(config, runtime.select_devices(1))
     assert made == [True]  # only the abstract one
     build(_config(model="mlp", width=4), runtime.select_devices(1))  # 4.7 MiB: fits
+
+
+def test_a_state_that_fits_but_not_with_its_gradients_stops_before_it_is_made(monkeypatch):
+    """Issue 22 item 8: a train step holds the state and its gradients at the least; a width whose state alone fits
+    (74.5 MiB of 90) but not with its gradients (+24.8 MiB) is refused before anything is allocated, naming
+    config.width, not allocated and refused only after compiling."""
+    from harness import build as build_lib
+    from harness import steps
+
+    made, init_state = [], steps.init_state
+
+    def recording(model, *args, **kw):
+        graphdef, state = init_state(model, *args, **kw)
+        made.append(all(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state.params)))
+        return graphdef, state
+
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 90 * 2**20)
+    monkeypatch.setattr(build_lib.steps, "init_state", recording)
+    with pytest.raises(OutOfMemoryError, match=r"^config.width=64: .* need 99.4 MiB per device .* 90.0 MiB free"):
+        build(_config(model="mlp", width=64), runtime.select_devices(1))
+    assert made == [True]  # only the abstract one
+
+
+class _Compiled:
+    """A compiled step as check_memory sees it: XLA's memory analysis only."""
+
+    def __init__(self, argument: int, temp: int):
+        self.analysis = type(
+            "M",
+            (),
+            dict(
+                argument_size_in_bytes=argument,
+                output_size_in_bytes=argument,
+                temp_size_in_bytes=temp,
+                alias_size_in_bytes=argument,
+            ),
+        )
+
+    def memory_analysis(self):
+        return self.analysis
+
+
+def test_the_compiled_step_is_checked_against_the_memory_free_before_the_run_allocated(monkeypatch):
+    """Issue 22 item 8: the step's need includes its arguments (the state already placed), so it is compared with
+    the memory free before the run allocated them, and the hint names the width when the state is most of it."""
+    from harness import parallel
+
+    gib = 2**30
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 7 * gib)  # what is left after the allocation
+    devices = runtime.select_devices(1)
+    step = _Compiled(argument=15 * gib, temp=5 * gib)  # needs 20 GiB: state 15 GiB in place, 5 GiB of temporaries
+    parallel.check_memory([step], devices, parallel.Budget(free=22 * gib, state=15 * gib, width=1))  # fits in 22
+    with pytest.raises(
+        OutOfMemoryError,
+        match=r"needs 20.0 GiB .* has 18.0 GiB free per device: use a smaller "
+        r"config.width or model \(config.width=100000: its train state alone is 15.0 GiB\)",
+    ):
+        parallel.check_memory([step], devices, parallel.Budget(free=18 * gib, state=15 * gib, width=100000))
+    small_state = parallel.Budget(free=18 * gib, state=1 * gib, width=1)
+    with pytest.raises(OutOfMemoryError, match=r"has 18.0 GiB free per device: use a smaller config.batch_size"):
+        parallel.check_memory([_Compiled(argument=gib, temp=19 * gib)], devices, small_state)
