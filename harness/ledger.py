@@ -20,8 +20,9 @@ from harness import ceiling, checkpoint, paths, peaks, roofline
 
 SCHEMA_VERSION = 1
 REQUIRED = {"schema": int, "kind": str, "timestamp": str, "fingerprint": dict, "point": dict, "figures": dict}
-KINDS = ("throughput", "sweep_best", "time_to_accuracy", "out_of_memory", "accuracy")
+KINDS = ("throughput", "sweep_best", "time_to_accuracy", "out_of_memory", "accuracy", "predicted")
 TIMED_KINDS = ("throughput", "sweep_best")
+PREDICTED = "predicted"  # a step compiled for a described TPU slice (harness.aot): the compiler's figures, not timed
 
 
 def fingerprint() -> dict:
@@ -126,6 +127,8 @@ def validate(row: dict) -> list[str]:
             problems.append(f"fingerprint.{key} missing")
     if row["kind"] == "out_of_memory" and not isinstance(row["figures"].get("stopped"), str):
         problems.append("figures.stopped missing")
+    if row["kind"] == PREDICTED and not isinstance(row["figures"].get("fits"), bool):
+        problems.append("figures.fits missing")
     if row["kind"] in TIMED_KINDS:
         for key in ("examples_per_sec", "step_seconds_median", "step_seconds_p10", "step_seconds_p90"):
             if not isinstance(row["figures"].get(key), int | float):
@@ -141,8 +144,9 @@ def ledger_path(device_kind: str, directory: Path) -> Path:
 def append(rows: list[dict], directory: Path) -> list[Path]:
     """Appends rows to the ledger file of their device kind."""
     written = []
-    for row in rows:
-        path = ledger_path(row["fingerprint"]["device_kind"], directory)
+    for row in rows:  # predicted rows in a file of their own: never mixed with measured ones
+        suffix = " predicted" if row["kind"] == PREDICTED else ""
+        path = ledger_path(row["fingerprint"]["device_kind"] + suffix, directory)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
@@ -290,6 +294,10 @@ def leaderboard(rows: list[dict]) -> str:
     oom = [r for r in rows if r["kind"] == "out_of_memory"]
     if oom:
         lines += ["", "Out of memory (a batch sweep's end):", "", *_oom_table(oom)]
+    if any(r["kind"] == PREDICTED for r in rows):
+        from harness import predicted
+
+        lines += ["", *predicted.section(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -367,6 +375,7 @@ def same_point(a: dict, b: dict) -> bool:
 def compare(fresh: list[dict], baseline: list[dict], tolerance: float) -> tuple[list[str], int]:
     """(regressions of ``fresh`` against the ``baseline`` rows of the same machine and point, points matched)."""
     problems, matched = [], 0
+    baseline = [b for b in baseline if b["kind"] != PREDICTED]  # a prediction is never a baseline
     for row in fresh:
         same = [
             b

@@ -21,7 +21,9 @@ JAX_PRECISION = "https://docs.jax.dev/en/latest/_autosummary/jax.lax.Precision.h
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One accelerator: dense peaks per device (None: the chip has no such unit or its vendor publishes none)."""
+    """One accelerator chip: dense peaks, bandwidth and memory per chip (None: the chip has no such unit or its
+    vendor publishes none). A TPU v2/v3 chip (and a v4/v5p chip outside megacore mode) is two JAX devices, one per
+    TensorCore: callers divide by the devices per chip."""
 
     name: str
     pattern: str  # regular expression searched in the lower-case device kind
@@ -29,14 +31,22 @@ class Chip:
     float32: float | None  # what XLA's default precision runs float32 matmuls at (TF32 where the chip has it)
     bandwidth: float | None  # HBM/GDDR bytes per second
     source: str
+    memory: float | None = None  # HBM bytes
 
 
 NVIDIA_NOTE = "dense figures (the datasheets' starred values assume 2:4 sparsity and are halved here)"
+GIB = 2**30
+TPU_V2_PAPER = (
+    "Jouppi et al., 'A Domain-Specific Supercomputer for Training Deep Neural Networks', CACM 63(7), 2020, "
+    "https://dl.acm.org/doi/pdf/10.1145/3360307 (Table 3: TPUv2 46 TFLOPS, 16 GiB HBM, 700 GB/s per chip)"
+)
 CHIPS = (  # more specific patterns first
-    Chip("TPU v5e", r"tpu v5 ?(lite|e)\b", 197 * T, 197 * T, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
-    Chip("TPU v5p", r"tpu v5p?$", 459 * T, 459 * T, 2765e9, "https://cloud.google.com/tpu/docs/v5p"),
-    Chip("TPU v6e", r"tpu v6 ?(lite|e)\b", 918 * T, 918 * T, 1638e9, "https://cloud.google.com/tpu/docs/v6e"),
-    Chip("TPU v4", r"tpu v4$", 275 * T, 275 * T, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+    Chip("TPU v2", r"tpu v2$", 46 * T, 46 * T, 700e9, TPU_V2_PAPER, 16 * GIB),
+    Chip("TPU v3", r"tpu v3$", 123 * T, 123 * T, 900e9, "https://cloud.google.com/tpu/docs/v3", 32 * GIB),
+    Chip("TPU v5e", r"tpu v5 ?(lite|e)\b", 197 * T, 197 * T, 819e9, "https://cloud.google.com/tpu/docs/v5e", 16 * GIB),
+    Chip("TPU v5p", r"tpu v5p?$", 459 * T, 459 * T, 2765e9, "https://cloud.google.com/tpu/docs/v5p", 95 * GIB),
+    Chip("TPU v6e", r"tpu v6 ?(lite|e)\b", 918 * T, 918 * T, 1638e9, "https://cloud.google.com/tpu/docs/v6e", 32 * GIB),
+    Chip("TPU v4", r"tpu v4$", 275 * T, 275 * T, 1200e9, "https://cloud.google.com/tpu/docs/v4", 32 * GIB),
     Chip(
         "NVIDIA T4",  # Turing: no bfloat16 or TF32 tensor cores; float32 on the CUDA cores
         r"\bt4\b",
@@ -283,7 +293,7 @@ def cpu_peak(dtype: str, info: CpuInfo | None = None) -> tuple[float | None, str
 
 
 def peak_flops(device_kind: str, dtype: str, info: CpuInfo | None = None) -> tuple[float | None, str]:
-    """(dense peak FLOP/s per device for ``dtype``, its source), or ``(None, why)`` when unknown. For CPUs, the
+    """(dense peak FLOP/s per chip for ``dtype``, its source), or ``(None, why)`` when unknown. For CPUs, the
     whole CPU (all fake CPU devices share its cores)."""
     if device_kind.lower() == "cpu":
         return cpu_peak(dtype, info)
@@ -298,9 +308,17 @@ def peak_flops(device_kind: str, dtype: str, info: CpuInfo | None = None) -> tup
 
 
 def peak_bandwidth(device_kind: str) -> tuple[float | None, str]:
-    """(memory bandwidth in bytes/s per device, its source), or ``(None, why)``; CPUs: none (the measured copy
+    """(memory bandwidth in bytes/s per chip, its source), or ``(None, why)``; CPUs: none (the measured copy
     of :mod:`harness.ceiling` is what counts there)."""
     entry = None if device_kind.lower() == "cpu" else chip(device_kind)
     if entry is None or entry.bandwidth is None:
         return None, f"n/a: no datasheet memory bandwidth for {device_kind!r}"
     return entry.bandwidth, f"{entry.name} datasheet: {entry.source}"
+
+
+def memory_bytes(device_kind: str) -> tuple[float | None, str]:
+    """(HBM bytes per chip, its source), or ``(None, why)`` where the table has none."""
+    entry = None if device_kind.lower() == "cpu" else chip(device_kind)
+    if entry is None or entry.memory is None:
+        return None, f"n/a: no datasheet memory size for {device_kind!r}"
+    return entry.memory, f"{entry.name} datasheet: {entry.source}"

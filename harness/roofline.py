@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import ceiling, peaks
+from harness import ceiling, peaks, runtime
 
 DTYPE_COLORS = {"float32": "#1f77b4", "bfloat16": "#d62728"}
 
@@ -42,7 +42,7 @@ def cost(analysis) -> dict:
 def figures(program: dict, step_seconds: float, batch_size: int, devices: list, dtype: str) -> dict:
     """A row's roofline figures from the per-device ``program`` cost (:func:`cost`) of one step."""
     n, kind, on_cpu = len(devices), devices[0].device_kind, devices[0].platform == "cpu"
-    scale = 1 if on_cpu else n
+    scale = 1 if on_cpu else runtime.chip_count(devices)  # the peak table is per chip (a CPU: the whole CPU)
     flops = program["flops"] * n if program.get("flops") else None
     accessed = program["bytes"] * n if program.get("bytes") else None
     achieved = _ratio(flops, step_seconds)
@@ -53,6 +53,7 @@ def figures(program: dict, step_seconds: float, batch_size: int, devices: list, 
     of_ceiling = _ratio(achieved, measured)
     return {
         "devices": n,
+        "chips": runtime.chip_count(devices),
         "flops_per_example": _ratio(flops, batch_size),
         "flops_per_step": flops,
         "bytes_per_step": accessed,
@@ -81,7 +82,7 @@ def ceilings(rows: list[dict]) -> tuple[dict, dict]:
     compute, memory = {}, {}
     for row in rows:
         f, fp, n = row["figures"], row["fingerprint"], _devices(row)
-        scale = 1 if fp.get("platform") == "cpu" else n
+        scale = 1 if fp.get("platform") == "cpu" else f.get("chips", n)  # the datasheet figures are per chip
         dtype = row["point"].get("dtype", "float32")
         found = {
             (dtype, "datasheet"): f["peak_flops_per_device"] * scale

@@ -131,6 +131,22 @@ def select_devices(num_devices: int = 0) -> list:
     return available[: num_devices or len(available)]
 
 
+def is_abstract(devices: list) -> bool:
+    """Whether ``devices`` are compile-only devices of a described slice (:mod:`harness.topology`), not ones this
+    process can run on."""
+    try:
+        return devices[0] not in jax.devices(devices[0].platform)
+    except RuntimeError:  # no such backend here
+        return True
+
+
+def chip_count(devices: list) -> int:
+    """The chips ``devices`` sit on: distinct coordinates where devices have them (a TPU v2/v3 chip is two
+    devices), else one chip per device."""
+    coords = {tuple(d.coords) for d in devices if getattr(d, "coords", None) is not None}
+    return len(coords) or len(devices)
+
+
 def available_bytes(devices: list) -> int | None:
     """Free memory per device: what an accelerator reports (limit − in use), or for CPU devices the host's available
     memory shared among them; None when unknown."""

@@ -120,6 +120,8 @@ def test_cpuinfo_fields():
         ("TPU v5", "bfloat16", 459e12, 2765e9),
         ("TPU v5p", "bfloat16", 459e12, 2765e9),
         ("TPU v6 lite", "bfloat16", 918e12, 1638e9),
+        ("TPU v2", "bfloat16", 46e12, 700e9),  # Colab's former v2-8: per chip (two devices)
+        ("TPU v3", "float32", 123e12, 900e9),
     ],
 )
 def test_accelerator_table(kind, dtype, peak, bandwidth):
@@ -133,7 +135,7 @@ def test_accelerator_table(kind, dtype, peak, bandwidth):
     [
         ("Tesla T4", "bfloat16"),  # Turing has no bfloat16 tensor cores
         ("NVIDIA L40S", "bfloat16"),  # not in the table (and not an L4)
-        ("TPU v3", "bfloat16"),
+        ("TPU v7x", "bfloat16"),  # not in the table
         ("weird accelerator", "float32"),
         ("NVIDIA H100 80GB HBM3", "float16"),
     ],
@@ -144,4 +146,17 @@ def test_unknown_accelerators_are_na(kind, dtype):
 
 
 def test_cpus_have_no_datasheet_bandwidth():
-    assert peaks.peak_bandwidth("cpu")[0] is None and peaks.peak_bandwidth("TPU v3")[0] is None
+    assert peaks.peak_bandwidth("cpu")[0] is None and peaks.peak_bandwidth("TPU v7x")[0] is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "gib"),
+    [("TPU v2", 16), ("TPU v3", 32), ("TPU v4", 32), ("TPU v5 lite", 16), ("TPU v5", 95), ("TPU v6 lite", 32)],
+)
+def test_every_tpu_has_its_hbm_per_chip_with_a_source(kind, gib):
+    memory, source = peaks.memory_bytes(kind)
+    assert memory == gib * 2**30 and "https://" in source
+
+
+def test_memory_is_na_where_the_table_has_none():
+    assert peaks.memory_bytes("cpu")[0] is None and peaks.memory_bytes("TPU v7x")[1].startswith("n/a: ")

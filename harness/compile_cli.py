@@ -1,0 +1,225 @@
+"""``harness compile`` and ``harness bench compile``: a run compiled for a described TPU slice, one line per point.
+
+``harness compile --topology v5e-8 --config NAME [--fit] [--config.KEY=V …]`` compiles one config's run; ``harness
+bench compile --topologies v2-8,v5e-8 --models mlp,cnn --widths 1,4,16 --dtypes float32,bfloat16 [--fit]`` a
+grid of them into the ledger as ``predicted`` rows (:mod:`harness.aot`: the compiler's predictions, never
+measurements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import ml_collections
+
+from harness import aot, bench, ledger, topology
+from harness.errors import HarnessError
+from harness.plan import Plan
+
+DEFAULT_TOPOLOGIES = "v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8"
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _count(n: float | None, unit: str) -> str:
+    if n is None:
+        return f"n/a {unit}"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f} {prefix}{unit}"
+    return f"{n:.0f} {unit}"
+
+
+SOURCES = {"xla_tpu_cost_model": "XLA's TPU cost model", "roofline": "roofline of FLOPs and bytes", "none": "none"}
+
+
+def describe(label: str, f: dict) -> str:
+    """One line: compiled, memory per device against its HBM, FLOPs and bytes, the predicted step and MFU."""
+    train = f["memory"]["train"]
+    others = ", ".join(f"{name} {_size(m['total'])}" for name, m in f["memory"].items() if name != "train")
+    fits = "fits" if f["fits"] else "DOES NOT FIT"
+    memory = (
+        f"memory/device {_size(f['memory_per_device'])} of {_size(f['hbm_per_device'])} HBM, {fits} (train: "
+        f"arguments {_size(train['arguments'])}, temporaries {_size(train['temporaries'])}, outputs "
+        f"{_size(train['outputs'])}, code {_size(train['code'])}; {others})"
+    )
+    work = f"{_count(f['flops_per_device'], 'FLOP')}, {_count(f['bytes_per_device'], 'B')} per device per step"
+    if f["step_seconds"]:
+        mfu = f"MFU {f['mfu']:.1%}" if f["mfu"] is not None else "MFU n/a"
+        speed = (
+            f"predicted {f['step_seconds'] * 1e3:.3f} ms/step ({SOURCES[f['prediction']]}): "
+            f"{f['examples_per_sec']:,.0f} ex/s, {f['examples_per_sec_per_chip']:,.0f} per chip, {mfu}"
+        )
+    else:
+        speed = "no step-time prediction"
+    return f"{label}: compiled in {f['compile_seconds']:.1f} s · {memory} · {work} · {speed}"
+
+
+def predicted_fingerprint(tpu: topology.Slice, devices: int) -> dict:
+    """A predicted row's fingerprint: the slice (accelerator, topology, chips, hosts, libtpu) and the versions
+    and host that compiled it; no measured ceiling (nothing ran)."""
+    import os
+
+    import jaxlib
+
+    from harness import checkpoint, peaks
+
+    here = checkpoint.fingerprint()
+    return {
+        **{k: here[k] for k in ("harness", "jax", "flax", "optax", "orbax", "python")},
+        "jaxlib": jaxlib.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "platform": "tpu",
+        "device_kind": tpu.device_kind,
+        "device_count": devices,
+        "process_count": tpu.hosts,
+        "compiled_on": peaks.cpu_info().name,
+        **tpu.fingerprint(),
+    }
+
+
+def _fit_line(result: dict, what: str) -> str:
+    if result["largest"] is None:
+        return f"{what}: no batch from {result['first_too_big']} fits"
+    if result["capped"]:
+        return f"{what}: largest batch that fits ≥ {result['largest']:,} (the most searched)"
+    return (
+        f"{what}: largest batch that fits {result['largest']:,} ({result['first_too_big']:,} does not; "
+        f"{len(result['tried'])} compilations)"
+    )
+
+
+def search(
+    config: ml_collections.ConfigDict, tpu: topology.Slice, max_batch: int, show: Callable[[int, dict | str], None]
+) -> tuple[dict, dict[int, dict]]:
+    """:func:`harness.aot.fit` of ``config`` on ``tpu`` from its batch size; (the search's result, the figures of
+    each batch that compiled). ``show(batch, figures or the error)`` is told every attempt."""
+    compiled: dict[int, dict] = {}
+    devices, _ = aot.resolve(config, tpu)
+
+    def needs(batch: int) -> int | None:
+        c = config.copy_and_resolve_references()
+        c.batch_size = batch
+        try:
+            figures = aot.predict(c, tpu)
+        except aot.CompileError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
+                raise
+            show(batch, str(e))
+            return None
+        compiled[batch] = figures
+        show(batch, figures)
+        return figures["memory_per_device"]
+
+    multiple = len(devices) * max(1, config.micro_batches)
+    max_batch = max_batch or aot.split_sizes(config)[0]  # 0: the training split, the most `harness train` takes
+    max_batch = max_batch // multiple * multiple
+    result = aot.fit(needs, aot.hbm_per_device(devices) or float("inf"), config.batch_size, multiple, max_batch)
+    return result, compiled
+
+
+def compile_command(args, overrides: list[str]) -> int:
+    """``harness compile``: one config's run compiled for one slice (and, with ``--fit``, its largest batch)."""
+    from harness import config as config_lib
+
+    if args.max_batch < 0:
+        raise HarnessError(f"--max-batch={args.max_batch}: a global batch size (0: the training split's size)")
+    tpu = topology.describe(args.topology)
+    config = config_lib.load(args.config, overrides)
+    _, plan = aot.resolve(config, tpu)
+    if not args.json:
+        print(f"{tpu.describe()}; libtpu {topology.libtpu_version()}")
+        print(f"plan: {Plan(**plan.to_dict()).describe()}")
+    label = f"{args.config} batch {config.batch_size}"
+    try:
+        figures = aot.predict(config, tpu)
+    except aot.CompileError as e:
+        raise HarnessError(f"{tpu.name} {label}: did not compile ({e})") from None
+    out = {"slice": tpu.fingerprint(), "figures": figures}
+    if not args.json:
+        print(describe(label, figures))
+    if args.fit:
+
+        def show(batch: int, f: dict | str) -> None:
+            if not args.json:
+                print(f"  batch {batch:,}: " + (f"does not fit ({f})" if isinstance(f, str) else _brief(f)))
+
+        result, _ = search(config, tpu, args.max_batch, show)
+        out["fit"] = {k: result[k] for k in ("largest", "first_too_big", "capped")}
+        if not args.json:
+            print(_fit_line(result, f"{tpu.name} {args.config}"))
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+def _brief(f: dict) -> str:
+    fits = "fits" if f["fits"] else "does not fit"
+    speed = f", predicted {f['examples_per_sec']:,.0f} ex/s" if f.get("examples_per_sec") else ""
+    return f"{_size(f['memory_per_device'])} of {_size(f['hbm_per_device'])} per device, {fits}{speed}"
+
+
+# ---------------------------------------------------------------------------------------------- the bench grid
+
+
+def _point_dict(point: bench.Point, tpu: topology.Slice) -> dict:
+    p = dataclasses.asdict(point)
+    return {**p, "data": "device", "accelerator": tpu.name, "topology": tpu.topology}
+
+
+def _series(args) -> Iterator[tuple[topology.Slice, bench.Point]]:
+    from harness.bench_cli import _points
+
+    names = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    if not names:
+        raise HarnessError(f"--topologies={args.topologies!r}: name at least one TPU slice, e.g. v5e-8")
+    slices = [topology.describe(n) for n in names]  # every name checked before anything compiles
+    points = _points(args, resolve=False)
+    for tpu in slices:
+        for point in points:
+            yield tpu, point
+
+
+def bench_rows(args) -> list[dict]:
+    """``harness bench compile``: every point of the grid compiled for every slice of ``--topologies``; with
+    ``--fit`` each point's batch is the start of a search for the largest that fits (a row per batch compiled,
+    the series' result in the row of the largest)."""
+    if args.max_batch < 0:
+        raise HarnessError(f"--max-batch={args.max_batch}: a global batch size (0: the training split's size)")
+    rows, started = [], time.perf_counter()
+    for tpu, point in _series(args):
+        config = bench._config(point)
+        fp = predicted_fingerprint(tpu, len(aot.resolve(config, tpu)[0]))
+        label = f"{tpu.name:<8} {point.model:<4} w{point.width:<3} {point.dtype:<8} {point.parallel:<9}"
+
+        def show(batch: int, f: dict | str, label: str = label) -> None:
+            text = f"does not fit ({f})" if isinstance(f, str) else describe(f"b{batch}", f)
+            print(f"{label} {text}", flush=True)
+
+        try:
+            if args.fit:
+                result, compiled = search(config, tpu, args.max_batch, show)
+            else:
+                compiled, result = {point.batch_size: aot.predict(config, tpu)}, None
+                show(point.batch_size, compiled[point.batch_size])
+        except aot.CompileError as e:
+            print(f"{label} b{point.batch_size}: did not compile ({e})", flush=True)
+            continue
+        if result is not None:
+            print(_fit_line(result, label.strip()), flush=True)
+        for batch, figures in sorted(compiled.items()):
+            extra = {}
+            if result is not None and batch == result["largest"]:
+                extra["fit"] = {k: result[k] for k in ("largest", "first_too_big", "capped")}
+                extra["fit"]["tried"] = [b for b, _ in result["tried"]]
+            p = {**_point_dict(point, tpu), "batch_size": batch}
+            rows.append(ledger.make_row("predicted", p, {**figures, **extra}, fp=fp))
+    print(f"compiled the grid in {time.perf_counter() - started:.0f} s")
+    return rows

@@ -1,0 +1,109 @@
+"""``harness compile`` and ``harness bench compile``: one line per point, one-line errors, predicted ledger rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import cli, ledger, topology
+
+libtpu = pytest.mark.skipif(topology.libtpu_version() is None, reason="libtpu is not installed (harness[tpu])")
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@libtpu
+def test_compile_prints_the_slice_the_plan_and_one_line_of_figures(capsys):
+    code, out, err = _run(capsys, "compile", "--topology", "v5e-4", "--config", "smoke", "--config.batch_size=64")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("v5e-4 (v5e:2x2): 4 TPU v5 lite devices on 4 chips, 1 host; libtpu ")
+    assert lines[1] == "plan: pmap on 4 tpu devices, 1 micro-batch, 1 step per dispatch, float32"
+    assert len(lines) == 3 and lines[2].startswith("smoke batch 64: compiled in ")
+    for part in ("of 16.00 GiB HBM, fits", "arguments", "temporaries", "outputs", "FLOP", "ms/step", "ex/s", "MFU"):
+        assert part in lines[2]
+
+
+@libtpu
+def test_compile_fit_searches_the_largest_batch(capsys):
+    code, out, err = _run(
+        capsys, "compile", "--topology", "v5e-1", "--config", "smoke", "--fit", "--max-batch", "1024", "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["fit"] == {"largest": 1024, "first_too_big": None, "capped": True}
+    assert result["slice"]["topology"] == "v5e:1x1" and result["figures"]["fits"]
+
+
+@libtpu
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--topology", "v9-8"], "--topology 'v9-8': not a TPU slice"),
+        (["--topology", "v5e:3x3"], "--topology v5e:3x3: libtpu cannot describe v5e:3x3"),
+        (["--topology", "v5e-8", "--config.batch_size=100"], "must be divisible by the device count (8)"),
+        (["--topology", "v5e-1", "--config.num_devices=2"], "config.num_devices=2: v5e-1 has 1 device(s)"),
+        (["--topology", "v5e-1", "--max-batch", "-1"], "--max-batch=-1"),
+        (
+            [
+                "--topology",
+                "v5e-1",
+                "--config",
+                "fashion_mnist_mlp",
+                "--config.width=64",
+                "--config.batch_size=1048576",
+            ],
+            "v5e-1 fashion_mnist_mlp batch 1048576: did not compile (RESOURCE_EXHAUSTED",
+        ),
+    ],
+)
+def test_compile_errors_are_one_line_exit_2(capsys, args, message):
+    code, out, err = _run(capsys, "compile", *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("harness: error: ") and message in err, err
+
+
+@libtpu
+def test_bench_compile_writes_predicted_rows_naming_libtpu_and_the_slice(capsys, tmp_path):
+    code, out, err = _run(
+        capsys,
+        "bench",
+        "compile",
+        "--topologies",
+        "v5e-1,v2-8",
+        "--models",
+        "mlp_tiny",
+        "--dtypes",
+        "float32,bfloat16",
+        "--ledger",
+        str(tmp_path),
+    )
+    assert code == 0, err
+    rows = ledger.read(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tpu-v5-lite-predicted.jsonl"] or sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == ["tpu-v2-predicted.jsonl", "tpu-v5-lite-predicted.jsonl"]
+    assert len(rows) == 4 and {r["kind"] for r in rows} == {"predicted"}
+    by_slice = {(r["fingerprint"]["accelerator"], r["point"]["dtype"]): r for r in rows}
+    v2 = by_slice[("v2-8", "bfloat16")]
+    assert v2["fingerprint"]["topology"] == "v2:2x2" and v2["fingerprint"]["chips"] == 4
+    assert v2["fingerprint"]["libtpu"] == topology.libtpu_version() and v2["fingerprint"]["platform"] == "tpu"
+    assert v2["point"]["batch_size"] == 128 and v2["figures"]["plan"]["num_devices"] == 8
+    assert "ceiling" not in v2["fingerprint"]  # nothing ran here: no measured ceiling
+    assert out.count("compiled in") == 4
+
+
+@libtpu
+def test_bench_compile_fit_marks_the_largest_batch(capsys, tmp_path):
+    args = ["bench", "compile", "--topologies", "v5e-1", "--models", "mlp_tiny", "--fit", "--max-batch", "512"]
+    code, out, err = _run(capsys, *args, "--ledger", str(tmp_path))
+    assert code == 0, err
+    rows = sorted(ledger.read(tmp_path), key=lambda r: r["point"]["batch_size"])
+    assert [r["point"]["batch_size"] for r in rows] == [128, 256, 512]
+    assert "fit" not in rows[0]["figures"] and rows[-1]["figures"]["fit"]["largest"] == 512
+    assert "largest batch that fits ≥ 512" in out
