@@ -63,7 +63,7 @@ def test_compile_fit_searches_the_largest_batch(capsys):
     ],
 )
 def test_compile_errors_are_one_line_exit_2(capsys, args, message):
-    code, out, err = _run(capsys, "compile", *args)
+    code, _out, err = _run(capsys, "compile", *args)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("harness: error: ") and message in err, err
 
