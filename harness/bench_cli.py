@@ -81,7 +81,41 @@ def _points(args) -> list[bench.Point]:
             _widths(args.widths, names),
         )
     )
-    return [bench.resolve(dataclasses.replace(p, micro_batches=args.micro_batches)) for p in points]
+    points = [dataclasses.replace(p, micro_batches=args.micro_batches) for p in points]
+    _check_points(points)
+    return [bench.resolve(p) for p in points]
+
+
+# The flag that sets each config key of a grid point: a point's config error is reported as the flag's.
+_FLAGS = {
+    "num_devices": "--num-devices",
+    "batch_size": "--batch-sizes",
+    "micro_batches": "--micro-batches",
+    "steps_per_dispatch": "--steps-per-dispatch",
+    "width": "--widths",
+    "model": "--models",
+    "dtype": "--dtypes",
+    "parallel": "--parallel",
+    "conv": "--conv",
+}
+
+
+def _check_points(points: list[bench.Point]) -> None:
+    """Every point's config checked against its devices before anything is measured; an error names the flag the
+    user gave (``--num-devices 5``), not the config key it sets."""
+    import re
+
+    from harness import plan, runtime
+    from harness.errors import ConfigError
+
+    def as_flag(found: re.Match) -> str:
+        return f"{_FLAGS[found.group(1)]} " if found.group(1) in _FLAGS else found.group(0)
+
+    for p in points:
+        try:
+            plan.resolve(bench._config(p), runtime.select_devices(p.num_devices))
+        except ConfigError as e:
+            raise HarnessError(re.sub(r"config\.(\w+)=", as_flag, str(e))) from None
 
 
 def _widths(texts: list[str] | None, names: list[str]) -> dict[str, list[int]]:
@@ -172,8 +206,9 @@ def _measured(point: bench.Point, args) -> dict:
     (the trace holds the whole measurement: compilation is host work, the operations are the timed steps')."""
     if not args.trace:
         return bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)
-    from harness import profiling
+    from harness import ceiling, profiling
 
+    ceiling.measured()  # calibrated (once per process) before the trace: its matmuls are not the step's operations
     directory = _trace_dir(point, args.trace)
     with profiling.trace(directory):
         figures = bench.measure(point, windows=args.windows, dispatches_per_window=args.dispatches)

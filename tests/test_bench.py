@@ -501,3 +501,30 @@ def test_check_without_a_baseline_says_nothing_was_checked(no_measuring, capsys,
     monkeypatch.setattr(bench_cli, "_measure_grid", lambda args: [])
     rc, out, err = bench_cli_run(capsys, "check", "--ledger", str(tmp_path))
     assert rc == bench_cli.EXIT_NO_BASELINE and out.startswith("no baseline: nothing checked") and "ok" not in out
+
+
+def test_the_trace_holds_the_steps_not_the_ceiling_calibration(monkeypatch, tmp_path):
+    """Issue 22 item 9: `bench --trace` calibrates the measured ceiling (large matmuls, once per process) before the
+    trace starts, so the first point's top operations are its train step's."""
+    import argparse
+    import contextlib
+
+    from harness import bench_cli, ceiling, profiling
+
+    events = []
+    rates = {"float32_flops_per_sec": 1e11, "bfloat16_flops_per_sec": 1e11, "bytes_per_sec": 1e10}
+    monkeypatch.setattr(ceiling, "calibrate", lambda: events.append("calibrate") or {"per": "cpu", **rates})
+
+    @contextlib.contextmanager
+    def trace(directory):
+        events.append("trace")
+        yield directory
+
+    monkeypatch.setattr(profiling, "trace", trace)
+    monkeypatch.setattr(profiling, "summary_lines", lambda directory, n: [])
+    ceiling.measured.cache_clear()
+    try:
+        bench_cli._measured(TINY, argparse.Namespace(trace=str(tmp_path), windows=5, dispatches=1))
+    finally:
+        ceiling.measured.cache_clear()  # the fake calibration stays in this test
+    assert events == ["calibrate", "trace"]
