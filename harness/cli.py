@@ -35,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_train_and_eval(sub) -> None:
-    t = sub.add_parser("train", help="train a config into a workdir; extra --config.KEY=VALUE override the config")
+    t = sub.add_parser(
+        "train",
+        help="train a config into a workdir; extra --config.KEY=VALUE override the config",
+        description="Train a config into a workdir, resuming from its latest good checkpoint.",
+        epilog="Any config key can be overridden: --config.KEY=VALUE (or --config.KEY VALUE), e.g. "
+        "--config.num_epochs=3 --config.batch_size=256 --config.model=mlp --config.mlp_hidden=256,128. "
+        "A misspelt key is refused with the list of keys (README's Training section describes them).",
+    )
     t.add_argument("--config", default="default", help="config file, or a shipped config's name (default: default)")
     t.add_argument(
         "--workdir",
@@ -100,7 +107,9 @@ def _add_bench(sub) -> None:
     )
     b.add_argument("--models", default="mlp,cnn", help="comma-separated (default mlp,cnn)")
     b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
-    b.add_argument("--dtypes", default="float32")
+    b.add_argument(
+        "--dtypes", default="float32", help="compute dtypes, comma-separated: float32, bfloat16 (default float32)"
+    )
     b.add_argument("--parallel", default="pmap", help="pmap, jit, shard_map; comma-separated, e.g. pmap,shard_map")
     b.add_argument(
         "--widths",
