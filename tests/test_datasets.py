@@ -283,8 +283,17 @@ def test_import_named_refuses_a_second_import_and_a_folder_it_did_not_write(tiny
 @pytest.mark.parametrize(
     ("labels", "classes", "match"),
     [
-        (np.arange(12) % 12, [f"c{k}" for k in range(10)], r"names 10 classes, but the labels in .* are 0\.\.11"),
-        (np.arange(26) % 26, [f"c{k}" for k in range(26)], r"make 26 classes; harness's models have 10 outputs"),
+        (  # issue 22 item 11: labels beyond the models' outputs are named, not "give one name per label"
+            np.arange(12) % 12,
+            [f"c{k}" for k in range(10)],
+            r"labels 0\.\.11 make 12 classes \(label 10: 1 in train, 1 in test; label 11: 1 in train, 1 in test\); "
+            r"harness's models have 10 outputs",
+        ),
+        (
+            np.arange(26) % 26,
+            [f"c{k}" for k in range(26)],
+            r"make 26 classes \(label 10: .*; …\); harness's models have 10 outputs",
+        ),
         (np.arange(4) % 3, ["a", "b", "c"], r"make 3 classes; .* only 10-class datasets"),
     ],
 )

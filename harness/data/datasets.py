@@ -270,13 +270,14 @@ def prepare_from_dir(name: str, directory: Path, data_dir: str | None = None) ->
 
 
 def _outside(labels: list[np.ndarray]) -> str:
-    """`` (label 12: 1 example in train)``: the labels beyond the models' outputs and where they are, or ''."""
+    """`` (label 12: 1 in train, 2 in test)``: the labels beyond the models' outputs and how many examples of each
+    split have them, or ''."""
     parts = []
-    for split, values in zip(("train", "test"), labels, strict=True):
-        found, counts = np.unique(values[values >= idx.NUM_CLASSES], return_counts=True)
-        parts += [
-            f"label {v}: {c} example{'s' if c > 1 else ''} in {split}" for v, c in zip(found, counts, strict=True)
+    for value in np.unique(np.concatenate([split[split >= idx.NUM_CLASSES] for split in labels])):
+        where = [
+            f"{int(np.sum(split == value))} in {name}" for name, split in zip(("train", "test"), labels, strict=True)
         ]
+        parts.append(f"label {value}: {', '.join(w for w in where if not w.startswith('0 '))}")
     return f" ({'; '.join(parts[:4])}{'; …' if len(parts) > 4 else ''})" if parts else ""
 
 
