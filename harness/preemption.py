@@ -44,8 +44,8 @@ class StopSignals:
     ``polite``: the first signal is a stop request (else SIGINT interrupts at once and SIGTERM keeps its default);
     ``starting``: until :func:`steps_started`, a signal ends the ``owner``'s process at once; ``owner``: the
     ``harness`` command's own process (see the module docstring); ``stopping``: the line a stop request prints.
-    Handlers installed over earlier ones take over their request, ``starting``, ``owner`` and ``stopping``, and
-    hand the request and ``starting`` back on exit."""
+    Handlers installed over earlier ones take over their request, ``starting``, ``owner``, ``stopping`` and their
+    impoliteness, and hand the request and ``starting`` back on exit."""
 
     def __init__(
         self,
@@ -98,6 +98,7 @@ class StopSignals:
             if earlier is not None:  # e.g. the command's: a stop asked during start-up is not lost
                 self._earlier, self.requested = earlier, self.requested or earlier.requested
                 self.starting, self.owner = self.starting or earlier.starting, self.owner or earlier.owner
+                self.polite = self.polite and earlier.polite  # a command interrupted at once stays so
                 self.stopping = earlier.stopping
             # multi-process: SIGTERM stays with JAX's preemption notifier
             signals = (signal.SIGINT,) if self.multi_process or not self.polite else (signal.SIGTERM, signal.SIGINT)

@@ -74,6 +74,22 @@ def test_a_polite_stop_asked_for_inside_a_gc_callback_is_kept_and_passed_on():
             assert training.requested == "SIGINT"
 
 
+def test_handlers_inside_a_command_that_is_interrupted_at_once_interrupt_at_once():
+    """`bench check --tta` and `bench suite` train through train_and_evaluate, whose handlers are polite: inside
+    a command whose Ctrl-C interrupts at once, they interrupt at once too; inside `harness train`'s they stay
+    polite and take over its state."""
+    with StopSignals(polite=False), StopSignals() as training:
+        assert not training.polite
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    with StopSignals(polite=True, starting=True) as command:
+        with StopSignals() as training:
+            assert training.polite and training.starting
+            signal.raise_signal(signal.SIGINT)  # not the command's own process (owner): a request, no exit
+            assert training.requested == "SIGINT"
+        assert command.requested == "SIGINT" and command.starting
+
+
 def _train_args(data_dir, workdir) -> list[str]:
     args = ["train", "--config", "smoke", "--workdir", str(workdir), "--config.num_epochs=4"]
     return [*args, f"--config.data_dir={data_dir}", "--config.report=false"]
