@@ -14,7 +14,7 @@ import ml_collections
 from harness import config as config_lib
 from harness import hooks as hooks_lib
 from harness import plan as plan_lib
-from harness import preemption, runtime, steps
+from harness import preemption, runtime, settings, steps
 from harness import workdir as workdir_lib
 from harness.build import Run, build, place_data, restore_latest
 from harness.checkpoint import Checkpoints, describe_position
@@ -154,6 +154,11 @@ def _init_from(run: Run, source: str, print_fn) -> None:
     print_fn(f"initialised the parameters from {source} (step {step}); step, optimizer and data order start anew")
 
 
+def _joins_others(config: ml_collections.ConfigDict) -> bool:
+    """Whether this run may join other processes (``config.distributed``, else ``HARNESS_DISTRIBUTED``)."""
+    return bool(settings.load().distributed if config.distributed is None else config.distributed)
+
+
 def _silent(*args, **kwargs) -> None:
     """The print function of every process but process 0."""
 
@@ -173,9 +178,9 @@ def train_and_evaluate(
     prints and writes logs, all of them take part in checkpoints (``workdir`` must be on a shared file system).
     """
     started = clock()
-    multi_process = runtime.initialize_distributed(config.distributed) and jax.process_count() > 1
-    if multi_process:  # every process stops at a step JAX's service picks, even one asked for during start-up
+    if _joins_others(config):  # every process stops at a step JAX's service picks, even one asked for now
         preemption.steps_started()
+    multi_process = runtime.initialize_distributed(config.distributed) and jax.process_count() > 1
     main = runtime.is_main_process()
     print_fn = print_fn if main else _silent
     devices = runtime.select_devices(config.num_devices)

@@ -90,6 +90,28 @@ def test_handlers_inside_a_command_that_is_interrupted_at_once_interrupt_at_once
         assert command.requested == "SIGINT" and command.starting
 
 
+@pytest.mark.parametrize("distributed", [True, False])
+def test_a_stop_during_start_up_of_a_run_joining_others_is_left_to_jaxs_service(
+    monkeypatch, tiny_config, tmp_path, distributed
+):
+    """A process of a multi-process run must not leave on its own during start-up: from before it joins the others,
+    a stop is kept for JAX's preemption service, which stops every process at the same step."""
+    from harness import preemption, runtime, train
+    from harness.errors import ConfigError
+
+    seen = []
+
+    def initialize_distributed(enabled):
+        seen.append(preemption.installed().starting)
+        raise ConfigError("enough")
+
+    monkeypatch.setattr(runtime, "initialize_distributed", initialize_distributed)
+    tiny_config.distributed = distributed
+    with StopSignals(polite=True, starting=True, owner=True), pytest.raises(ConfigError):
+        train.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert seen == [not distributed]
+
+
 def _train_args(data_dir, workdir) -> list[str]:
     args = ["train", "--config", "smoke", "--workdir", str(workdir), "--config.num_epochs=4"]
     return [*args, f"--config.data_dir={data_dir}", "--config.report=false"]
