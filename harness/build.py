@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from harness import config as config_lib
 from harness import models, parallel, runtime, steps
@@ -65,9 +66,11 @@ def build(
     ema = options.ema_decay > 0
     free = parallel.free_bytes(devices)  # measured before anything of this run is allocated
     state_size = _check_state_fits(config, plan, tx, ema, devices, free)
+    budget = parallel.Budget(free, state_size, config.width)  # the compiled steps are checked against the same
+    _check_step_fits(config, plan, tx, ema, devices, options, budget)
     graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=ema)
     par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
-    par.budget = parallel.Budget(free, state_size, config.width)  # the compiled steps are checked against the same
+    par.budget = budget
     host_state = jax.device_get(state)
     return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
 
@@ -80,7 +83,7 @@ def state_bytes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema:
 
 def _sizes(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool) -> tuple[int, int]:
     """(bytes of the train state, bytes of its parameters), from shapes alone."""
-    abstract = jax.eval_shape(lambda: steps.init_state(models.create(config, plan.conv), tx, ema=ema)[1])
+    _, abstract = _traced(config, plan, tx, ema)
 
     def size(tree: Any) -> int:
         return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
@@ -106,6 +109,47 @@ def _check_state_fits(
             f"use a smaller config.width or model"
         )
     return state
+
+
+def _traced(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool) -> tuple[Any, Any]:
+    """(graph definition, train state of ``jax.ShapeDtypeStruct`` leaves) of the model ``build`` would make."""
+    made = {}
+
+    def init():
+        made["graphdef"], state = steps.init_state(models.create(config, plan.conv), tx, ema=ema)
+        return state
+
+    abstract = jax.eval_shape(init)
+    return made["graphdef"], abstract
+
+
+def _check_step_fits(
+    config: ml_collections.ConfigDict,
+    plan: plan_lib.Plan,
+    tx,
+    ema: bool,
+    devices: list,
+    options: steps.Options,
+    budget: parallel.Budget,
+) -> None:
+    """When the train state takes more than a quarter of the free memory, XLA's estimate of the train step (compiled
+    from shapes alone, a few seconds) is checked before anything is allocated: its optimizer temporaries may need
+    what the state left (the width that fits the state may allocate for minutes before the compiled step's check).
+    Smaller models are checked once their steps are compiled, as before."""
+    if budget.free is None or budget.state is None or 4 * budget.state <= budget.free:
+        return
+    graphdef, abstract = _traced(config, plan, tx, ema)
+    par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
+    n, batch = len(devices), config.batch_size
+    lead = (n,) if plan.strategy == "pmap" else ()  # pmap's leading device axis
+
+    def shaped(shape: tuple, dtype) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((*lead, *shape), dtype)
+
+    state = jax.tree.map(lambda x: shaped(x.shape, x.dtype), abstract)
+    data = {"image": shaped((batch, 28, 28, 1), np.uint8), "label": shaped((batch,), np.int32)}  # a batch's worth
+    indices = jax.ShapeDtypeStruct((n, batch // n) if lead else (batch,), np.int32)
+    parallel.check_memory([par.lower("train", state, data, indices).compile()], devices, budget)
 
 
 def _knob(config: ml_collections.ConfigDict) -> str:

@@ -86,7 +86,8 @@ def model_knob(width: int) -> str:
 def check_memory(compiled: list, devices: list, budget: Budget | None = None) -> None:
     """Stops with one line, before the first step, when a compiled step needs more memory than a device has: the
     free memory of ``budget`` (measured before the run allocated its state and data, which the need includes),
-    else what is free now. The hint names the model's width when the train state is most of the need."""
+    else what is free now. The hint names the model's width when the need is within three times the train state
+    (the state in and out, its gradients, the optimizer's temporaries: the model's size, not the batch, is at fault)."""
     have = budget.free if budget is not None and budget.free is not None else free_bytes(devices)
     if have is None:
         return
@@ -97,7 +98,7 @@ def check_memory(compiled: list, devices: list, budget: Budget | None = None) ->
         hint = (
             f"use a smaller config.width or model ({model_knob(width)}: its train state alone is "
             f"{state / 2**30:.1f} GiB)"
-            if state is not None and 2 * state >= max(needs)
+            if state is not None and 3 * state >= max(needs)  # state in and out, gradients, optimizer temporaries
             else "use a smaller config.batch_size (or model)"
         )
         raise OutOfMemoryError(

@@ -154,3 +154,27 @@ def test_the_compiled_step_is_checked_against_the_memory_free_before_the_run_all
     small_state = parallel.Budget(free=18 * gib, state=1 * gib, width=1)
     with pytest.raises(OutOfMemoryError, match=r"has 18.0 GiB free per device: use a smaller config.batch_size"):
         parallel.check_memory([_Compiled(argument=gib, temp=19 * gib)], devices, small_state)
+
+
+def test_a_step_that_cannot_fit_is_refused_from_xla_s_estimate_before_anything_is_allocated(monkeypatch):
+    """Issue 22 item 8: the train state and gradients fit (99.4 of 120 MiB) but the train step does not (pmap's
+    step needs ~174 MiB by XLA's estimate): when the state is a large share of the free memory, the step is compiled
+    from shapes alone and refused before any state is allocated, naming the width."""
+    from harness import build as build_lib
+    from harness import steps
+
+    made, init_state = [], steps.init_state
+
+    def recording(model, *args, **kw):
+        graphdef, state = init_state(model, *args, **kw)
+        made.append(all(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state.params)))
+        return graphdef, state
+
+    monkeypatch.setattr(runtime, "available_bytes", lambda devices: 120 * 2**20)
+    monkeypatch.setattr(build_lib.steps, "init_state", recording)
+    with pytest.raises(
+        OutOfMemoryError, match=r"XLA's estimate.* use a smaller config.width or model \(config.width=64"
+    ):
+        build(_config(model="mlp", width=64, batch_size=128), runtime.select_devices(1))
+    assert made and all(made)  # traced only: nothing was allocated
+    build(_config(model="mlp", width=16, batch_size=128), runtime.select_devices(1))  # 4 × smaller: fits, no compile
