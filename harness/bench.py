@@ -95,11 +95,6 @@ def _memory(devices: list) -> dict:
     return {**device, "host_peak_rss_bytes": rss}
 
 
-def _chips(devices: list) -> int:
-    coords = {tuple(d.coords) for d in devices if getattr(d, "coords", None) is not None}
-    return len(coords) or len(devices)
-
-
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -267,7 +262,7 @@ def measure(
         "params": runner.params,
         "compile_seconds": compile_seconds,
         "time_to_first_step_seconds": time_to_first_step,
-        **summarize(step_times, point.batch_size, len(devices), _chips(devices)),
+        **summarize(step_times, point.batch_size, len(devices), runtime.chip_count(devices)),
         "steps_per_window": dispatches_per_window * k,
         "loss_finite": bool(np.isfinite(runner.par.metrics_to_host(dispatch())["loss"])),
         **_memory(devices),

@@ -63,7 +63,9 @@ def _check_args(args) -> None:
             raise HarnessError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be 0 (auto) or positive")
 
 
-def _points(args) -> list[bench.Point]:
+def _points(args, resolve: bool = True) -> list[bench.Point]:
+    """The grid of the arguments; ``resolve``: automatic steps per dispatch as ``harness train`` runs them here
+    (off for a grid compiled for other devices, whose plan resolves them there)."""
     from harness.config import ALLOWED
     from harness.models import MODELS
 
@@ -82,8 +84,9 @@ def _points(args) -> list[bench.Point]:
         )
     )
     points = [dataclasses.replace(p, micro_batches=args.micro_batches) for p in points]
-    _check_points(points)
-    return [bench.resolve(p) for p in points]
+    if resolve:
+        _check_points(points)
+    return [bench.resolve(p) for p in points] if resolve else points
 
 
 # The flag that sets each config key of a grid point: a point's config error is reported as the flag's.
@@ -462,7 +465,7 @@ def run(args, overrides: list[str]) -> int:
     """Dispatches ``harness bench ACTION``."""
     directory = ledger_dir(args)
     _check_args(args)
-    writing = args.action in ("run", "sweep", "tta", "suite", "accuracy") and not args.no_ledger
+    writing = args.action in ("run", "sweep", "tta", "suite", "accuracy", "compile") and not args.no_ledger
     _check_ledger_dir(directory, writing=writing)
     if args.action == "run":
         rows = _measure_grid(args)
@@ -472,6 +475,10 @@ def run(args, overrides: list[str]) -> int:
         _save([row for point in _points(args) for row in _sweep_rows(point, args)], args)
     elif args.action == "accuracy":
         _save([_accuracy_row(args, overrides)], args)
+    elif args.action == "compile":
+        from harness import compile_cli
+
+        compile_cli.bench_rows(args, save=lambda rows: _save(rows, args))
     elif args.action == "suite":
         _save(_suite_rows(args), args)
     elif args.action == "tta":
@@ -480,7 +487,7 @@ def run(args, overrides: list[str]) -> int:
         rows = [row for row in [_tta_row(args, overrides)] if row]
         _save(rows + (_peer_tta_rows(args, overrides) if args.peers and not stop_requested() else []), args)
     elif args.action == "report":
-        rows = ledger.read(directory)
+        rows, readme = ledger.read(directory), _readme(args)
         if not rows:
             raise HarnessError(f"{directory}: no ledger rows (run `harness bench` first)")
         out = Path(args.out) if args.out else (Path(args.ledger) if args.ledger else paths.default_bench_dir())
@@ -488,9 +495,35 @@ def run(args, overrides: list[str]) -> int:
         (out / "LEADERBOARD.md").write_text("# Benchmark leaderboard\n\n" + ledger.leaderboard(rows))
         for path in [out / "LEADERBOARD.md", *ledger.plots(rows, out)]:
             print(f"wrote {path}")
+        _render_readme(readme, rows)
     else:
         return _check(args, overrides, directory)
     return 0
+
+
+def _readme(args) -> Path | None:
+    """``bench report --readme FILE``, checked before anything is written: a file with the predicted-TPU markers."""
+    if not args.readme:
+        return None
+    from harness import predicted
+
+    path = Path(args.readme).expanduser()
+    if not path.is_file():
+        raise HarnessError(f"--readme {path}: no such file")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if predicted.README_BEGIN not in text or predicted.README_END not in text:
+        raise HarnessError(f"--readme {path}: no {predicted.README_BEGIN!r} … {predicted.README_END!r} markers")
+    return path
+
+
+def _render_readme(path: Path | None, rows: list[dict]) -> None:
+    """The predicted-TPU table between the README's markers (``--readme``)."""
+    if path is None:
+        return
+    from harness import predicted
+
+    predicted.update_readme(path, rows)
+    print(f"wrote the predicted-TPU table into {path}")
 
 
 def _check(args, overrides: list[str], directory: Path) -> int:

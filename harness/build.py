@@ -68,10 +68,13 @@ def build(
     state_size = _check_state_fits(config, plan, tx, ema, devices, free)
     budget = parallel.Budget(free, state_size, config.width)  # the compiled steps are checked against the same
     _check_step_fits(config, plan, tx, ema, devices, options, budget)
-    graphdef, state = steps.init_state(models.create(config, plan.conv), tx, ema=ema)
+    if runtime.is_abstract(devices):  # a described TPU slice (harness.topology): shapes only, nothing allocated
+        graphdef, host_state = _traced(config, plan, tx, ema)
+    else:
+        graphdef, initial = steps.init_state(models.create(config, plan.conv), tx, ema=ema)
+        host_state = jax.device_get(initial)
     par = parallel.Parallel(plan.strategy, devices, graphdef, tx, plan.micro_batches, options)
     par.budget = budget
-    host_state = jax.device_get(state)
     return Run(config, plan, par, host_state, par.replicate(host_state), steps_per_epoch)
 
 
@@ -112,7 +115,8 @@ def _check_state_fits(
 
 
 def _traced(config: ml_collections.ConfigDict, plan: plan_lib.Plan, tx, ema: bool) -> tuple[Any, Any]:
-    """(graph definition, train state of ``jax.ShapeDtypeStruct`` leaves) of the model ``build`` would make."""
+    """(graph definition, train state of ``jax.ShapeDtypeStruct`` leaves) of the model ``build`` would make, traced
+    and never run (a described TPU slice's model may be far larger than this host's memory)."""
     made = {}
 
     def init():

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import colab, data, settings
+from harness import colab, data, settings, topology
 from harness.errors import HarnessError, TrainingError
 from harness.preemption import StopSignals
 
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Train, evaluate and inspect Flax models on MNIST and Fashion-MNIST.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train_and_eval, _add_predict, _add_inspection, _add_bench, _add_data):
+    for add in (_add_train_and_eval, _add_predict, _add_inspection, _add_bench, _add_compile, _add_data):
         add(sub)
     return p
 
@@ -103,7 +103,10 @@ def _add_bench(sub) -> None:
         "2 bad arguments, 3 no baseline: nothing checked (no ledger row of this machine for these points).",
     )
     b.add_argument(
-        "action", nargs="?", default="run", choices=("run", "sweep", "tta", "report", "check", "suite", "accuracy")
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "sweep", "tta", "report", "check", "suite", "accuracy", "compile"),
     )
     b.add_argument("--models", default="mlp,cnn", help="comma-separated (default mlp,cnn)")
     b.add_argument("--batch-sizes", default="128", help="comma-separated global batch sizes (default 128)")
@@ -154,7 +157,46 @@ def _add_bench(sub) -> None:
         "--trace", metavar="DIR", help="run: a jax.profiler trace of each point in DIR/<point>, top operations printed"
     )
     b.add_argument("--quick", action="store_true", help="suite: the tiny models only (a test of the suite itself)")
+    b.add_argument(
+        "--topologies",
+        default="v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8",
+        help="compile: TPU slices to compile the grid for, comma-separated (accelerator types or libtpu topologies)",
+    )
+    b.add_argument("--fit", action="store_true", help="compile: search each point's largest batch that fits")
+    b.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="compile --fit: the largest global batch tried (default 0: the training split's size, the most "
+        "`harness train` accepts)",
+    )
+    b.add_argument("--readme", help="report: also render the predicted-TPU table into this README's markers")
     b.add_argument("--budget", type=float, default=420.0, help="suite: seconds to spend at most (default 420)")
+
+
+def _add_compile(sub) -> None:
+    c = sub.add_parser(
+        "compile",
+        help="compile a config's steps for a TPU slice from any host (libtpu): memory, FLOPs, predicted step time",
+        description="Compiles the run `harness train --config NAME` would run, for the devices of a described TPU "
+        "slice (no TPU needed: `pip install 'harness[tpu]'`); extra --config.KEY=VALUE override the config. "
+        "Its figures are XLA's predictions, not measurements.",
+    )
+    c.add_argument(
+        "--topology",
+        required=True,
+        help="a Cloud TPU accelerator type (v2-8, v5e-8, v5e-256 …) or a libtpu topology (v5e:2x4, v4:2x2x2)",
+    )
+    c.add_argument("--config", default="default", help="config file, or a shipped config's name (default: default)")
+    c.add_argument("--fit", action="store_true", help="also find the largest global batch whose steps fit in HBM")
+    c.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="--fit: the largest global batch tried (default 0: the training split's size, the most `harness "
+        "train` accepts)",
+    )
+    c.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_data(sub) -> None:
@@ -308,6 +350,12 @@ def _report(args) -> int:
     return 0
 
 
+def _compile(args, extra: Sequence[str]) -> int:
+    from harness.compile_cli import compile_command
+
+    return compile_command(args, _split_overrides(extra))
+
+
 def _bench(args, extra) -> int:
     from harness.bench_cli import run
 
@@ -427,13 +475,16 @@ def _reader_gone() -> int:
 def _run(args, extra: Sequence[str]) -> int:
     try:
         env = _settings()
-        if extra and args.command not in ("train", "bench"):
+        if extra and args.command not in ("train", "bench", "compile"):
             raise HarnessError(f"unrecognized arguments: {' '.join(extra)}")
         _check_workdir(args)
         _cpu_devices(env.cpu_devices)
         _quiet_libraries()
+        topology.load_quietly()  # libtpu on a host without TPUs: its start-up warnings never reach the terminal
         if args.command == "train":
             return _train(args, extra)
+        if args.command == "compile":
+            return _compile(args, extra)
         if args.command == "bench":
             return _bench(args, _split_overrides(extra))
         commands = {"eval": _eval, "predict": _predict, "data": _data, "checkpoints": _checkpoints}

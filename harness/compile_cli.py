@@ -181,16 +181,16 @@ def _series(args) -> Iterator[tuple[topology.Slice, bench.Point]]:
     if not names:
         raise HarnessError(f"--topologies={args.topologies!r}: name at least one TPU slice, e.g. v5e-8")
     slices = [topology.describe(n) for n in names]  # every name checked before anything compiles
-    points = _points(args, resolve=False)
-    for tpu in slices:
-        for point in points:
+    for point in _points(args, resolve=False):  # each point on every slice: the widest models come last
+        for tpu in slices:
             yield tpu, point
 
 
-def bench_rows(args) -> list[dict]:
+def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """``harness bench compile``: every point of the grid compiled for every slice of ``--topologies``; with
     ``--fit`` each point's batch is the start of a search for the largest that fits (a row per batch compiled,
-    the series' result in the row of the largest)."""
+    the series' result in the row of the largest). Each point's rows go to ``save`` as soon as they are made (a
+    grid stopped half-way keeps what it compiled); returns them all."""
     if args.max_batch < 0:
         raise HarnessError(f"--max-batch={args.max_batch}: a global batch size (0: the training split's size)")
     rows, started = [], time.perf_counter()
@@ -214,12 +214,15 @@ def bench_rows(args) -> list[dict]:
             continue
         if result is not None:
             print(_fit_line(result, label.strip()), flush=True)
+        made = []
         for batch, figures in sorted(compiled.items()):
             extra = {}
             if result is not None and batch == result["largest"]:
                 extra["fit"] = {k: result[k] for k in ("largest", "first_too_big", "capped")}
                 extra["fit"]["tried"] = [b for b, _ in result["tried"]]
             p = {**_point_dict(point, tpu), "batch_size": batch}
-            rows.append(ledger.make_row("predicted", p, {**figures, **extra}, fp=fp))
+            made.append(ledger.make_row("predicted", p, {**figures, **extra}, fp=fp))
+        save(made)
+        rows += made
     print(f"compiled the grid in {time.perf_counter() - started:.0f} s")
     return rows

@@ -63,7 +63,7 @@ def needed_bytes(compiled) -> int | None:
 def free_bytes(devices: list) -> int | None:
     """Free memory per device to check a need against before it is allocated, or None where no check is made:
     unknown, or with several processes (hosts may differ, and a one-sided stop would leave the others waiting)."""
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 or runtime.is_abstract(devices):
         return None
     return runtime.available_bytes(devices)
 
@@ -132,6 +132,7 @@ class Parallel:
             raise ConfigError(f"config.parallel={kind!r}: allowed: {', '.join(STRATEGIES)}")
         self.kind = kind
         self.devices = list(devices)
+        self.abstract = runtime.is_abstract(self.devices)  # a described TPU slice: placement makes only shapes
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self.traces: collections.Counter = collections.Counter()
         self.budget: Budget | None = None  # set by harness.build: free memory measured before the run allocated
@@ -184,12 +185,19 @@ class Parallel:
 
     # ---- placement -----------------------------------------------------------------------------------------
 
-    def _global(self, x: np.ndarray, spec: P) -> jax.Array:
-        """The global array ``x`` laid out as ``spec``; this process fills only its own devices' shards."""
+    def _global(self, x: np.ndarray, spec: P) -> jax.Array | jax.ShapeDtypeStruct:
+        """The global array ``x`` laid out as ``spec``; this process fills only its own devices' shards. On
+        abstract devices (:mod:`harness.topology`), its shape, dtype and layout alone."""
+        if self.abstract:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._sharding(spec))
         return jax.make_array_from_callback(x.shape, self._sharding(spec), lambda index: x[index])
 
     def replicate(self, tree: Any) -> Any:
         """Places a host pytree (the same on every process) on every device (pmap: a leading device axis)."""
+        if self.abstract:  # shapes only: leaves may be jax.ShapeDtypeStruct already
+            lead, spec = ((self.num_devices,), SPLIT) if self.kind == "pmap" else ((), REPL)
+            shaped = partial(jax.ShapeDtypeStruct, sharding=self._sharding(spec))
+            return jax.tree.map(lambda x: shaped((*lead, *x.shape), x.dtype), tree)
         if self.kind != "pmap":
             return jax.tree.map(lambda x: self._global(np.asarray(x), REPL), tree)
         n = self.num_devices
@@ -221,6 +229,8 @@ class Parallel:
         n = self.num_devices
         size = x.shape[axis] // n
         parts_shape = (n, *x.shape[:axis], size, *x.shape[axis + 1 :])
+        if self.abstract:
+            return jax.ShapeDtypeStruct(parts_shape, x.dtype, sharding=self._sharding(SPLIT))
 
         def part(index: tuple) -> np.ndarray:  # pmap's [devices, …] layout, built only for the asked devices
             devices = range(*index[0].indices(n))
@@ -248,12 +258,12 @@ class Parallel:
             self._fns["train_steps"] = self._fns["train_steps"].lower(state, train_data, several).compile()
         self._fns["train"] = self._fns["train"].lower(state, train_data, indices).compile()
         self._fns["eval"] = self._fns["eval"].lower(inference(state), eval_data, indices).compile()
-        check_memory(
-            [self._fns[n] for n in ("train", "train_steps", "eval") if hasattr(self._fns[n], "memory_analysis")],
-            self.devices,
-            self.budget,
-        )
+        check_memory(list(self.compiled().values()), self.devices, self.budget)
         return time.perf_counter() - start
+
+    def compiled(self) -> dict:
+        """The steps :meth:`compile` compiled, by name (``train``, ``train_steps`` where fused, ``eval``)."""
+        return {n: f for n, f in self._fns.items() if hasattr(f, "memory_analysis")}
 
     def lower(self, name: str, *args):
         """The lowered (not yet compiled) step ``name`` for these arguments (for AOT compiles and cost analysis)."""

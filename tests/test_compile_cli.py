@@ -107,3 +107,22 @@ def test_bench_compile_fit_marks_the_largest_batch(capsys, tmp_path):
     assert [r["point"]["batch_size"] for r in rows] == [128, 256, 512]
     assert "fit" not in rows[0]["figures"] and rows[-1]["figures"]["fit"]["largest"] == 512
     assert "largest batch that fits ≥ 512" in out
+
+
+def test_bench_report_renders_predicted_rows_into_readme(capsys, tmp_path):
+    from test_predicted import FIT, _row
+
+    ledger.append([_row(128, 1e5), _row(61440, 2e6, FIT)], tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- predicted-tpu:begin -->\nold\n<!-- predicted-tpu:end -->\n")
+    args = ["bench", "report", "--ledger", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
+    code, _, err = _run(capsys, *args, "--readme", str(readme))
+    assert code == 2 and "no '<!-- predicted-tpu:begin (rendered by" in err  # the markers must be the exact ones
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    from harness import predicted
+
+    readme.write_text(f"# x\n{predicted.README_BEGIN}\nold\n{predicted.README_END}\n")
+    code, _, err = _run(capsys, *args, "--readme", str(readme))
+    assert code == 0, err
+    assert "61,440" in readme.read_text() and "old" not in readme.read_text()
+    assert predicted.TITLE in (tmp_path / "out" / "LEADERBOARD.md").read_text()

@@ -71,6 +71,19 @@ def test_every_subcommand_runs_from_outside_the_checkout(venv, tmp_path, tiny_da
     assert not list(venv.parent.parent.rglob("benchmarks"))  # nothing written inside the venv
 
 
+def test_the_plain_install_is_light_and_says_how_to_compile_for_a_tpu(venv, tmp_path):
+    """The plain wheel brings no libtpu (~700 MB): `harness compile` says in one line how to get it, exit 2."""
+    environ = {**os.environ, "PATH": f"{venv.parent}{os.pathsep}{os.environ['PATH']}"}
+    p = subprocess.run(
+        ["harness", "compile", "--topology", "v5e-8"], cwd=tmp_path, env=environ, capture_output=True, text=True
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "harness: error: compiling for a TPU slice needs libtpu, which is not installed: "
+        "pip install 'harness[tpu]' (libtpu, about 700 MB)"
+    ]
+
+
 def test_every_shipped_config_loads_installed(venv, tmp_path):
     names = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
     code = "import sys, harness.config as c; [c.load(n, ['num_epochs=1']) for n in sys.argv[1:]]; print('ok')"

@@ -218,3 +218,48 @@ def test_notebook_runs_on_cpu(tmp_path, monkeypatch, harness_wheel):
     body = [line for line in table[0].splitlines() if line.startswith("| ") and "mlp_tiny" in line]
     assert len(body) == 1 and "| jax | mlp_tiny |" in body[0]
     assert repository_ledger_digest() == ledger_before  # nothing went into benchmarks/results
+
+
+# ---- what the notebook runs on a TPU runtime, compiled for Colab's TPUs through harness compile's path --------
+
+
+def _notebook_parameters(small: bool = False) -> dict:
+    """CONFIG, OVERRIDES, DEMO_EPOCHS and BENCH_ARGS of the parameters cell, as a TPU runtime sets them."""
+    namespace = {"settings": type("S", (), {"load": staticmethod(lambda: type("E", (), {"notebook_small": small}))})}
+    source = code_cell(read_notebook(), "parameters").source.replace("from harness import settings\n", "")
+    exec(compile(ast.parse(source), "parameters", "exec"), namespace)  # the repository's own notebook cell
+    return {k: namespace[k] for k in ("CONFIG", "OVERRIDES", "DEMO_EPOCHS", "BENCH_ARGS")}
+
+
+LIBTPU = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (harness[tpu])")
+
+
+@LIBTPU
+@pytest.mark.parametrize(
+    "accelerator", ["v2-8", "v5e-1", pytest.param("v6e-1", marks=pytest.mark.slow)]
+)  # each compile of the CNN for one chip takes ~40 s of CPU: Colab's free TPU (v5e-1) by default, v6e-1 with -m slow
+def test_the_notebooks_training_compiles_for_colabs_tpus(accelerator):
+    """The former Colab TPU (a v2-8: pmap over its 8 cores) and today's (v5e-1, v6e-1): the notebook's train cell
+    (and its stop-and-resume demo, the same program) compiles and fits."""
+    from harness import aot, topology
+    from harness import config as config_lib
+
+    params = _notebook_parameters()
+    tpu = topology.describe(accelerator)
+    config = config_lib.load(params["CONFIG"], [*params["OVERRIDES"], f"num_epochs={params['DEMO_EPOCHS']}"])
+    figures = aot.predict(config, tpu)
+    assert figures["fits"] and figures["plan"]["num_devices"] == len(tpu.devices)
+    assert figures["plan"]["strategy"] == "pmap"
+
+
+@LIBTPU
+def test_the_notebooks_benchmark_compiles_for_a_v2_8():
+    """The bench cell's models (`harness bench` at its default point) on the 8 cores of a v2-8."""
+    from harness import aot, bench, topology
+
+    params = _notebook_parameters()
+    tpu = topology.describe("v2-8")
+    models = params["BENCH_ARGS"][params["BENCH_ARGS"].index("--models") + 1].split(",")
+    assert models == ["mlp", "cnn"]
+    for model in models:
+        assert aot.predict(bench._config(bench.Point(model=model)), tpu)["fits"]
