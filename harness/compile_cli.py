@@ -199,7 +199,11 @@ def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> 
         fp = predicted_fingerprint(tpu, len(aot.resolve(config, tpu)[0]))
         label = f"{tpu.name:<8} {point.model:<4} w{point.width:<3} {point.dtype:<8} {point.parallel:<9}"
 
-        def show(batch: int, f: dict | str, label: str = label) -> None:
+        refused: dict[int, str] = {}
+
+        def show(batch: int, f: dict | str, label: str = label, refused: dict = refused) -> None:
+            if isinstance(f, str):
+                refused[batch] = f
             text = f"does not fit ({f})" if isinstance(f, str) else describe(f"b{batch}", f)
             print(f"{label} {text}", flush=True)
 
@@ -209,16 +213,21 @@ def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> 
             else:
                 compiled, result = {point.batch_size: aot.predict(config, tpu)}, None
                 show(point.batch_size, compiled[point.batch_size])
-        except aot.CompileError as e:
+        except aot.CompileError as e:  # refused for another reason than memory: one line, the grid goes on
             print(f"{label} b{point.batch_size}: did not compile ({e})", flush=True)
             continue
         if result is not None:
             print(_fit_line(result, label.strip()), flush=True)
+            if result["largest"] is None:  # not even the first batch fits: a row says so
+                error = refused.get(point.batch_size, "needs more than the HBM")
+                compiled = {point.batch_size: {"fits": False, "error": error}}
+                result = {**result, "largest": point.batch_size}  # the row that carries the search's result
         made = []
         for batch, figures in sorted(compiled.items()):
             extra = {}
             if result is not None and batch == result["largest"]:
                 extra["fit"] = {k: result[k] for k in ("largest", "first_too_big", "capped")}
+                extra["fit"]["largest"] = None if figures["fits"] is False else result["largest"]
                 extra["fit"]["tried"] = [b for b, _ in result["tried"]]
             p = {**_point_dict(point, tpu), "batch_size": batch}
             made.append(ledger.make_row("predicted", p, {**figures, **extra}, fp=fp))

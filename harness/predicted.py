@@ -76,8 +76,8 @@ def _largest_text(row: dict | None) -> str:
 
 
 def _memory(row: dict | None) -> str:
-    if row is None:
-        return "—"
+    if row is None or "memory_per_device" not in row["figures"]:
+        return "does not fit" if row is not None else "—"
     f = row["figures"]
     share = f["memory_per_device"] / f["hbm_per_device"] if f.get("hbm_per_device") else None
     return f"{f['memory_per_device'] / 2**20:,.0f} MiB" + (f" ({share:.1%})" if share is not None else "")

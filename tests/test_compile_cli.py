@@ -126,3 +126,16 @@ def test_bench_report_renders_predicted_rows_into_readme(capsys, tmp_path):
     assert code == 0, err
     assert "61,440" in readme.read_text() and "old" not in readme.read_text()
     assert predicted.TITLE in (tmp_path / "out" / "LEADERBOARD.md").read_text()
+
+
+@libtpu
+def test_bench_compile_keeps_a_row_for_a_point_whose_first_batch_does_not_fit(capsys, tmp_path):
+    args = ["bench", "compile", "--topologies", "v5e-1", "--models", "mlp", "--widths", "64", "--fit"]
+    code, out, err = _run(
+        capsys, *args, "--batch-sizes", "1048576", "--max-batch", "2097152", "--ledger", str(tmp_path)
+    )
+    assert code == 0, err
+    (row,) = ledger.read(tmp_path)
+    assert row["figures"]["fits"] is False and "RESOURCE_EXHAUSTED" in row["figures"]["error"]
+    assert row["figures"]["fit"] == {"largest": None, "first_too_big": 1048576, "capped": False, "tried": [1048576]}
+    assert "no batch from 1048576 fits" in out

@@ -130,3 +130,15 @@ def test_series_are_listed_by_tpu_generation(order):
         rows.append(row)
     listed = [line.split("|")[1].split()[0] for line in predicted.table(rows)[2:]]
     assert listed == ["v2-8", "v5e-256", "v5e-8", "v6e-8"]
+
+
+def test_a_series_whose_first_batch_does_not_fit_says_so():
+    fit = {"largest": None, "first_too_big": 128, "capped": False, "tried": [128]}
+    row = ledger.make_row(
+        "predicted",
+        _row(128, 1e5)["point"],
+        {"fits": False, "error": "RESOURCE_EXHAUSTED: Ran out of memory on HBM", "fit": fit},
+        fp=dict(FP),
+    )
+    cells = [c.strip() for c in predicted.table([row])[2].strip("|").split("|")]
+    assert cells[6:13] == ["n/a", "n/a", "n/a", "does not fit", "none from 128", "n/a", "n/a"]
