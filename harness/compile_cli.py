@@ -186,6 +186,17 @@ def _series(args) -> Iterator[tuple[topology.Slice, bench.Point]]:
             yield tpu, point
 
 
+def _start(config: ml_collections.ConfigDict, tpu: topology.Slice) -> ml_collections.ConfigDict:
+    """A grid point's config on ``tpu``: its batch rounded up to a multiple of the slice's devices (batch 128 on
+    the 256 chips of a v5e-256 starts at 256), said in one line."""
+    n = config.num_devices or len(tpu.devices)
+    if config.batch_size % n:
+        rounded = -(-config.batch_size // n) * n
+        print(f"{tpu.name}: batch {config.batch_size} is not a multiple of its {n} devices; starting at {rounded}")
+        config.batch_size = rounded
+    return config
+
+
 def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """``harness bench compile``: every point of the grid compiled for every slice of ``--topologies``; with
     ``--fit`` each point's batch is the start of a search for the largest that fits (a row per batch compiled,
@@ -195,7 +206,7 @@ def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> 
         raise HarnessError(f"--max-batch={args.max_batch}: a global batch size (0: the training split's size)")
     rows, started = [], time.perf_counter()
     for tpu, point in _series(args):
-        config = bench._config(point)
+        config = _start(bench._config(point), tpu)
         fp = predicted_fingerprint(tpu, len(aot.resolve(config, tpu)[0]))
         label = f"{tpu.name:<8} {point.model:<4} w{point.width:<3} {point.dtype:<8} {point.parallel:<9}"
 
@@ -211,17 +222,17 @@ def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> 
             if args.fit:
                 result, compiled = search(config, tpu, args.max_batch, show)
             else:
-                compiled, result = {point.batch_size: aot.predict(config, tpu)}, None
-                show(point.batch_size, compiled[point.batch_size])
+                compiled, result = {config.batch_size: aot.predict(config, tpu)}, None
+                show(config.batch_size, compiled[config.batch_size])
         except aot.CompileError as e:  # refused for another reason than memory: one line, the grid goes on
-            print(f"{label} b{point.batch_size}: did not compile ({e})", flush=True)
+            print(f"{label} b{config.batch_size}: did not compile ({e})", flush=True)
             continue
         if result is not None:
             print(_fit_line(result, label.strip()), flush=True)
             if result["largest"] is None:  # not even the first batch fits: a row says so
-                error = refused.get(point.batch_size, "needs more than the HBM")
-                compiled = {point.batch_size: {"fits": False, "error": error}}
-                result = {**result, "largest": point.batch_size}  # the row that carries the search's result
+                error = refused.get(config.batch_size, "needs more than the HBM")
+                compiled = {config.batch_size: {"fits": False, "error": error}}
+                result = {**result, "largest": config.batch_size}  # the row that carries the search's result
         made = []
         for batch, figures in sorted(compiled.items()):
             extra = {}

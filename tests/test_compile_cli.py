@@ -139,3 +139,13 @@ def test_bench_compile_keeps_a_row_for_a_point_whose_first_batch_does_not_fit(ca
     assert row["figures"]["fits"] is False and "RESOURCE_EXHAUSTED" in row["figures"]["error"]
     assert row["figures"]["fit"] == {"largest": None, "first_too_big": 1048576, "capped": False, "tried": [1048576]}
     assert "no batch from 1048576 fits" in out
+
+
+@libtpu
+def test_bench_compile_starts_a_slice_with_many_devices_at_a_multiple_of_them(capsys, tmp_path):
+    args = ["bench", "compile", "--topologies", "v5e-16", "--models", "mlp_tiny", "--batch-sizes", "40"]
+    code, out, err = _run(capsys, *args, "--ledger", str(tmp_path))
+    assert code == 0, err
+    assert "v5e-16: batch 40 is not a multiple of its 16 devices; starting at 48" in out
+    (row,) = ledger.read(tmp_path)
+    assert row["point"]["batch_size"] == 48 and row["fingerprint"]["hosts"] == 4
