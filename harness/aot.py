@@ -140,7 +140,12 @@ def predict(config: ml_collections.ConfigDict, tpu: Slice) -> dict:
     kind, per_chip = tpu.device_kind, len(devices) // runtime.chip_count(devices)
     hbm = hbm_per_device(devices)
     programs = {name: _program(name, c, hbm) for name, c in compiled["programs"].items()}
-    cost = _cost(config, devices, plan, compiled["programs"]["train"])
+    try:
+        cost = _cost(config, devices, plan, compiled["programs"]["train"])
+    except HarnessError:
+        raise
+    except Exception:  # the twin without micro-batches needs more memory: no cost model of the whole step
+        cost = {"flops": None, "bytes": None, "optimal_seconds": None}
     return {
         "plan": plan.to_dict(),
         "compile_seconds": compiled["seconds"],
@@ -230,19 +235,21 @@ def fit(
         hi = min(max(hi * 2, _extrapolated(tried, limit, multiple)), max_batch)
     if lo is None:
         return {"largest": None, "first_too_big": start, "capped": False, "tried": tried}
+    interpolate = True
     while hi - lo > max(multiple, lo * precision):
-        mid = _between(lo, hi, dict(tried), limit, multiple, max(multiple, lo * precision))
+        need = dict(tried) if interpolate else {}  # after an interpolated guess that fit: the midpoint
+        mid = _between(lo, hi, need, limit, multiple, max(multiple, lo * precision))
         if fits(mid):
-            lo = mid
+            lo, interpolate = mid, not interpolate
         else:
-            hi = mid
+            hi, interpolate = mid, True
     return {"largest": lo, "first_too_big": hi, "capped": False, "tried": tried}
 
 
 def _extrapolated(tried: list[tuple[int, int | None]], limit: float, multiple: int) -> int:
     """Where the line through the last two batches' needs reaches ``limit`` (0 when it cannot be drawn): the
     doubling jumps there when that is further than twice the last batch."""
-    if len(tried) < 2 or None in (tried[-1][1], tried[-2][1]):
+    if len(tried) < 2 or None in (tried[-1][1], tried[-2][1]) or limit == float("inf"):
         return 0
     (b0, n0), (b1, n1) = tried[-2], tried[-1]
     if b1 <= b0 or n1 <= n0:
@@ -256,7 +263,9 @@ def _between(lo: int, hi: int, need: dict, limit: float, multiple: int, toleranc
     ``multiple``."""
     guess = (lo + hi) / 2
     a, b = need.get(lo), need.get(hi)
-    if a is not None and b is not None and b > a:
+    if limit == float("inf"):
+        pass
+    elif a is not None and b is not None and b > a:
         guess = lo + (limit - a) * (hi - lo) / (b - a)
         guess = min(max(guess - tolerance / 2, lo + tolerance / 2), hi - tolerance / 2)  # just under the line
     elif a is not None and b is None and hi - lo > 2 * tolerance and lo > 0 and limit > a:

@@ -490,6 +490,8 @@ def run(args, overrides: list[str]) -> int:
         rows, readme = ledger.read(directory), _readme(args)
         if not rows:
             raise HarnessError(f"{directory}: no ledger rows (run `harness bench` first)")
+        if readme is not None and not any(r["kind"] == "predicted" for r in rows):
+            raise HarnessError(f"--readme {readme}: the ledger holds no predicted rows (run `harness bench compile`)")
         out = Path(args.out) if args.out else (Path(args.ledger) if args.ledger else paths.default_bench_dir())
         out.mkdir(parents=True, exist_ok=True)
         (out / "LEADERBOARD.md").write_text("# Benchmark leaderboard\n\n" + ledger.leaderboard(rows))
@@ -522,7 +524,10 @@ def _render_readme(path: Path | None, rows: list[dict]) -> None:
         return
     from harness import predicted
 
-    predicted.update_readme(path, rows)
+    if not any(r["kind"] == predicted.PREDICTED for r in rows):
+        raise HarnessError(f"--readme {path}: the ledger holds no predicted rows (run `harness bench compile` first)")
+    if not predicted.update_readme(path, rows):
+        raise HarnessError(f"--readme {path}: its markers are not in order ({predicted.README_BEGIN!r} first)")
     print(f"wrote the predicted-TPU table into {path}")
 
 

@@ -159,8 +159,9 @@ def _add_bench(sub) -> None:
     b.add_argument("--quick", action="store_true", help="suite: the tiny models only (a test of the suite itself)")
     b.add_argument(
         "--topologies",
-        default="v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8",
-        help="compile: TPU slices to compile the grid for, comma-separated (accelerator types or libtpu topologies)",
+        default=None,
+        help="compile: TPU slices to compile the grid for, comma-separated (accelerator types or libtpu topologies; "
+        "default v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8,v5e-256)",
     )
     b.add_argument("--fit", action="store_true", help="compile: search each point's largest batch that fits")
     b.add_argument(

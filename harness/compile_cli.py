@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import ml_collections
 
@@ -19,7 +19,7 @@ from harness import aot, bench, ledger, topology
 from harness.errors import HarnessError
 from harness.plan import Plan
 
-DEFAULT_TOPOLOGIES = "v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8"
+DEFAULT_TOPOLOGIES = "v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8,v5e-256"  # every generation users rent, and a pod slice
 
 
 def _size(n: float | None) -> str:
@@ -111,7 +111,7 @@ def search(
             figures = aot.predict(c, tpu)
         except aot.CompileError as e:
             if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
-                raise
+                raise aot.CompileError(f"batch {batch}: {e}") from None
             show(batch, str(e))
             return None
         compiled[batch] = figures
@@ -119,8 +119,13 @@ def search(
         return figures["memory_per_device"]
 
     multiple = len(devices) * max(1, config.micro_batches)
-    max_batch = max_batch or aot.split_sizes(config)[0]  # 0: the training split, the most `harness train` takes
-    max_batch = max_batch // multiple * multiple
+    asked = max_batch or aot.split_sizes(config)[0]  # 0: the training split, the most `harness train` takes
+    max_batch = asked // multiple * multiple
+    if max_batch < config.batch_size:
+        raise HarnessError(
+            f"--max-batch {asked}: below the batch the search starts from ({config.batch_size}, a multiple of "
+            f"{multiple} on {tpu.name}); give a larger --max-batch or a smaller batch"
+        )
     result = aot.fit(needs, aot.hbm_per_device(devices) or float("inf"), config.batch_size, multiple, max_batch)
     return result, compiled
 
@@ -174,26 +179,39 @@ def _point_dict(point: bench.Point, tpu: topology.Slice) -> dict:
     return {**p, "data": "device", "accelerator": tpu.name, "topology": tpu.topology}
 
 
-def _series(args) -> Iterator[tuple[topology.Slice, bench.Point]]:
+def _grid_config(point: bench.Point, tpu: topology.Slice) -> ml_collections.ConfigDict:
+    """A grid point's config as ``harness train`` would run it on ``tpu`` (its steps per dispatch too)."""
+    config = bench._config(point)
+    config.steps_per_dispatch = point.steps_per_dispatch
+    return _start(config, tpu)
+
+
+def _series(args) -> list[tuple[topology.Slice, bench.Point]]:
+    """Every (slice, point) of the grid, each point on every slice before the next (the widest models come last);
+    every point checked on every slice before anything compiles (a bad one is one line naming it)."""
     from harness.bench_cli import _points
 
-    names = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    text = DEFAULT_TOPOLOGIES if args.topologies is None else args.topologies
+    names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise HarnessError(f"--topologies={args.topologies!r}: name at least one TPU slice, e.g. v5e-8")
-    slices = [topology.describe(n) for n in names]  # every name checked before anything compiles
-    for point in _points(args, resolve=False):  # each point on every slice: the widest models come last
-        for tpu in slices:
-            yield tpu, point
+        raise HarnessError(f"--topologies={text!r}: name at least one TPU slice, e.g. v5e-8")
+    if args.data.strip() != "device":
+        raise HarnessError(f"--data={args.data}: bench compile compiles training's device-resident data (device)")
+    slices = [topology.describe(n) for n in names]
+    series = [(tpu, point) for point in _points(args, resolve=False) for tpu in slices]
+    for tpu, point in series:
+        try:
+            aot.resolve(_grid_config(point, tpu), tpu)
+        except HarnessError as e:
+            raise HarnessError(f"{tpu.name} {point.model} w{point.width} b{point.batch_size}: {e}") from None
+    return series
 
 
 def _start(config: ml_collections.ConfigDict, tpu: topology.Slice) -> ml_collections.ConfigDict:
     """A grid point's config on ``tpu``: its batch rounded up to a multiple of the slice's devices (batch 128 on
-    the 256 chips of a v5e-256 starts at 256), said in one line."""
+    the 256 chips of a v5e-256 starts at 256)."""
     n = config.num_devices or len(tpu.devices)
-    if config.batch_size % n:
-        rounded = -(-config.batch_size // n) * n
-        print(f"{tpu.name}: batch {config.batch_size} is not a multiple of its {n} devices; starting at {rounded}")
-        config.batch_size = rounded
+    config.batch_size = -(-config.batch_size // n) * n
     return config
 
 
@@ -205,10 +223,18 @@ def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> 
     if args.max_batch < 0:
         raise HarnessError(f"--max-batch={args.max_batch}: a global batch size (0: the training split's size)")
     rows, started = [], time.perf_counter()
+    plan_line = None
     for tpu, point in _series(args):
-        config = _start(bench._config(point), tpu)
-        fp = predicted_fingerprint(tpu, len(aot.resolve(config, tpu)[0]))
+        config = _grid_config(point, tpu)
+        devices, plan = aot.resolve(config, tpu)
+        if config.batch_size != point.batch_size:
+            start = f"batch {point.batch_size} is not a multiple of its {len(devices)} devices"
+            print(f"{tpu.name}: {start}; starting at {config.batch_size}")
+        fp = predicted_fingerprint(tpu, len(devices))
         label = f"{tpu.name:<8} {point.model:<4} w{point.width:<3} {point.dtype:<8} {point.parallel:<9}"
+        if f"plan: {tpu.name}: {plan.describe()}" != plan_line:
+            plan_line = f"plan: {tpu.name}: {plan.describe()}"
+            print(plan_line)
 
         refused: dict[int, str] = {}
 
@@ -231,7 +257,8 @@ def bench_rows(args, save: Callable[[list[dict]], None] = lambda rows: None) -> 
             print(_fit_line(result, label.strip()), flush=True)
             if result["largest"] is None:  # not even the first batch fits: a row says so
                 error = refused.get(config.batch_size, "needs more than the HBM")
-                compiled = {config.batch_size: {"fits": False, "error": error}}
+                first = compiled.get(config.batch_size, {})  # compiled but too big: its figures stay
+                compiled = {config.batch_size: {**first, "fits": False, "error": error}}
                 result = {**result, "largest": config.batch_size}  # the row that carries the search's result
         made = []
         for batch, figures in sorted(compiled.items()):

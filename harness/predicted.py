@@ -20,8 +20,10 @@ README_END = "<!-- predicted-tpu:end -->"
 
 
 def _series_key(row: dict) -> tuple:
+    """(accelerator, model, width, dtype, strategy, and what else tells two programs apart)."""
     p = row["point"]
-    return (p["accelerator"], p["model"], p.get("width", 1), p["dtype"], p.get("parallel", "pmap"))
+    rest = tuple(p.get(k) for k in ("steps_per_dispatch", "micro_batches", "conv", "num_devices"))
+    return (p["accelerator"], p["model"], p.get("width", 1), p["dtype"], p.get("parallel", "pmap"), *rest)
 
 
 def series(rows: list[dict]) -> dict[tuple, dict[int, dict]]:
@@ -48,6 +50,7 @@ def _measured(rows: list[dict], predicted: dict) -> float | None:
         and r["fingerprint"].get("device_kind") == fp["device_kind"]
         and r["fingerprint"].get("device_count") == fp["device_count"]
         and all(r["point"].get(k, 1 if k == "width" else None) == p.get(k) for k in ("model", "width", "dtype"))
+        and r["point"].get("parallel", "pmap") == p.get("parallel", "pmap")
         and r["point"].get("batch_size") == p["batch_size"]
     ]
     rate = predicted["figures"].get("examples_per_sec")

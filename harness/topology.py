@@ -104,11 +104,19 @@ def require_libtpu() -> None:
         raise HarnessError(f"compiling for a TPU slice needs libtpu, which is not installed: {INSTALL_HINT}") from None
 
 
-def has_tpu_chips() -> bool:
-    """Whether this host has TPU chips (Google's PCI vendor id, as JAX itself looks for them)."""
-    for vendor in Path("/sys/bus/pci/devices").glob("*/vendor"):
+GOOGLE_PCI_VENDOR = "0x1ae0"
+TPU_PCI_DEVICES = {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}  # as JAX's hardware_utils
+
+
+def has_tpu_chips(pci: Path = Path("/sys/bus/pci/devices"), dev: Path = Path("/dev")) -> bool:
+    """Whether this host has TPU chips: a PCI device of Google's with a TPU's device id, as JAX itself looks for
+    them (Google's gVNIC network card shares the vendor id), or a TPU driver's ``/dev/accel*``."""
+    if any(dev.glob("accel[0-9]*")):
+        return True
+    for vendor in pci.glob("*/vendor"):
         with contextlib.suppress(OSError):
-            if vendor.read_text().strip() == "0x1ae0":
+            google = vendor.read_text().strip() == GOOGLE_PCI_VENDOR
+            if google and (vendor.parent / "device").read_text().strip() in TPU_PCI_DEVICES:
                 return True
     return False
 

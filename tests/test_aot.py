@@ -141,3 +141,17 @@ def test_a_step_that_does_not_fit_is_a_compile_error_of_one_line():
     with pytest.raises(aot.CompileError) as e:
         aot.predict(_config("fashion_mnist_mlp", "width=64", "batch_size=1048576"), tpu)
     assert "\n" not in str(e.value) and "RESOURCE_EXHAUSTED" in str(e.value)
+
+
+@libtpu
+def test_a_step_whose_cost_twin_does_not_compile_is_still_predicted_without_a_cost(monkeypatch):
+    """With micro-batches the cost comes from a twin without them, which may need more memory than the chip has:
+    the run's own memory figures stay, the step time is then 'none', never a traceback."""
+
+    def twin_too_big(*args):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+
+    monkeypatch.setattr(aot, "_cost", twin_too_big)
+    f = aot.predict(_config("smoke", "batch_size=64", "micro_batches=4"), topology.describe("v5e-1"))
+    assert f["fits"] and f["memory_per_device"] > 0
+    assert (f["prediction"], f["step_seconds"], f["flops_per_device"]) == ("none", None, None)

@@ -85,9 +85,7 @@ def test_bench_compile_writes_predicted_rows_naming_libtpu_and_the_slice(capsys,
     )
     assert code == 0, err
     rows = ledger.read(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["tpu-v5-lite-predicted.jsonl"] or sorted(
-        p.name for p in tmp_path.iterdir()
-    ) == ["tpu-v2-predicted.jsonl", "tpu-v5-lite-predicted.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tpu-v2-predicted.jsonl", "tpu-v5-lite-predicted.jsonl"]
     assert len(rows) == 4 and {r["kind"] for r in rows} == {"predicted"}
     by_slice = {(r["fingerprint"]["accelerator"], r["point"]["dtype"]): r for r in rows}
     v2 = by_slice[("v2-8", "bfloat16")]
@@ -149,3 +147,48 @@ def test_bench_compile_starts_a_slice_with_many_devices_at_a_multiple_of_them(ca
     assert "v5e-16: batch 40 is not a multiple of its 16 devices; starting at 48" in out
     (row,) = ledger.read(tmp_path)
     assert row["point"]["batch_size"] == 48 and row["fingerprint"]["hosts"] == 4
+
+
+@libtpu
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "host"], "--data=host: bench compile compiles training's device-resident data (device)"),
+        (["--micro-batches", "3"], "v5e-1 mlp_tiny w1 b128: config.micro_batches=3: must be 0 (auto) or divide"),
+        (["--fit", "--max-batch", "64"], "--max-batch 64: below the batch the search starts from (128"),
+        (["--topologies", "v5e-1,v9"], "--topology 'v9': not a TPU slice"),
+    ],
+)
+def test_bench_compile_refuses_a_bad_grid_before_compiling_anything(capsys, tmp_path, args, message):
+    base = ["bench", "compile", "--topologies", "v5e-1", "--models", "mlp_tiny", "--ledger", str(tmp_path)]
+    code, out, err = _run(capsys, *base, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "compiled in" not in out and not list(tmp_path.iterdir())
+
+
+@libtpu
+def test_bench_compile_runs_the_points_steps_per_dispatch(capsys, tmp_path):
+    args = ["bench", "compile", "--topologies", "v5e-1", "--models", "mlp_tiny", "--steps-per-dispatch", "4"]
+    code, out, err = _run(capsys, *args, "--ledger", str(tmp_path))
+    assert code == 0, err
+    (row,) = ledger.read(tmp_path)
+    assert row["figures"]["plan"]["steps_per_dispatch"] == 4 and "train_steps" in row["figures"]["memory"]
+    assert "plan: v5e-1: pmap on 1 tpu device, 1 micro-batch, 4 steps per dispatch, float32" in out
+
+
+def test_bench_report_refuses_misordered_markers_or_a_ledger_without_predictions(capsys, tmp_path):
+    from test_predicted import _measured, _row
+
+    from harness import predicted
+
+    readme = tmp_path / "README.md"
+    args = ["bench", "report", "--out", str(tmp_path / "out"), "--readme", str(readme)]
+    ledger.append([_measured(128, 5e4)], tmp_path / "measured")
+    readme.write_text(f"{predicted.README_BEGIN}\n{predicted.README_END}\n")
+    code, _, err = _run(capsys, *args, "--ledger", str(tmp_path / "measured"))
+    assert code == 2 and "holds no predicted rows" in err
+    ledger.append([_row(128, 1e5)], tmp_path / "predicted")
+    readme.write_text(f"{predicted.README_END}\n{predicted.README_BEGIN}\n")
+    code, _, err = _run(capsys, *args, "--ledger", str(tmp_path / "predicted"))
+    assert code == 2 and "not in order" in err
+    assert readme.read_text() == f"{predicted.README_END}\n{predicted.README_BEGIN}\n"

@@ -115,3 +115,21 @@ def test_several_processes_compile_at_once():
     finally:
         holder.kill()
         holder.wait()
+
+
+def _pci(root, devices: dict) -> None:
+    for name, (vendor, device) in devices.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "vendor").write_text(vendor + "\n")
+        (root / name / "device").write_text(device + "\n")
+
+
+def test_a_google_network_card_is_no_tpu_but_a_tpu_chip_is(tmp_path):
+    pci, dev = tmp_path / "pci", tmp_path / "dev"
+    dev.mkdir()
+    _pci(pci, {"0000:00:04.0": ("0x1ae0", "0x0042")})  # gVNIC: Google's vendor id, no TPU
+    assert not topology.has_tpu_chips(pci, dev)
+    _pci(pci, {"0000:00:05.0": ("0x1ae0", "0x0063")})  # a TPU v5e chip
+    assert topology.has_tpu_chips(pci, dev)
+    (dev / "accel0").touch()  # a TPU v2-v4 VM's driver
+    assert topology.has_tpu_chips(tmp_path / "none", dev)
