@@ -54,7 +54,7 @@ class Options:
     augment: augment_lib.Augment = dataclasses.field(default_factory=augment_lib.Augment)
     dropout: bool = False  # the model drops out: the train step gives it per-example keys
     label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # > 0: the state keeps an EMA of the parameters, which evaluation uses
+    ema_decay: float = 0.0  # > 0: the state keeps an EMA of the parameters (decay warming up to this), for evaluation
     eval_flip: bool = False  # evaluation and prediction average the logits of each image and its mirror
 
     @property
@@ -128,9 +128,32 @@ def inference(state: TrainState) -> Any:
 
 def start_from(fresh: TrainState, trained: TrainState) -> TrainState:
     """A new run's state from a trained one's (fine-tuning): its evaluated parameters (the EMA when it kept one)
-    and BatchNorm statistics; step and optimizer state start anew, an EMA restarts at those parameters."""
+    and BatchNorm statistics; step and optimizer state start anew, an EMA restarts at those parameters (its decay
+    warming up again from step 0)."""
     params = trained.params if trained.ema is None else trained.ema
     return fresh.replace(params=params, batch_stats=trained.batch_stats, ema=None if fresh.ema is None else params)
+
+
+EMA_WARMUP = 10.0  # the EMA's decay at update t is min(decay, (1 + t) / (EMA_WARMUP + t)), as TF's num_updates
+
+
+def ema_decay(decay: float, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The EMA's decay at update ``step`` (0 for the first) and its complement: ``min(decay, (1 + t) / (10 + t))``,
+    TF's ``ExponentialMovingAverage(num_updates=t)``. In the warm-up the complement is ``9 / (10 + t)`` (exact, not
+    ``1 - decay``); after it (t ≥ 8 990 at 0.999) the pair is ``(decay, 1 - decay)``, the constant-decay update."""
+    t = jnp.asarray(step, jnp.float32)
+    warm = (1.0 + t) / (EMA_WARMUP + t)
+    warming = warm < decay
+    return jnp.where(warming, warm, decay), jnp.where(warming, (EMA_WARMUP - 1.0) / (EMA_WARMUP + t), 1.0 - decay)
+
+
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+    """The EMA after update ``step`` produced ``params``: ``keep · ema + (1 - keep) · params`` at the decay of
+    :func:`ema_decay`. Started at the initial parameters p_0, the EMA after k ≤ 8 990 updates (decay 0.999) is
+    ``Σ_{m=0..k} C(m+8, 8) / C(k+9, 9) · p_m``: p_0 weighs 1/C(k+9, 9) (2e-5 after 9 updates), the last tenth
+    of the updates most. ``keep`` and its complement take each leaf's dtype, as the Python float did before."""
+    keep, rate = ema_decay(decay, step)
+    return jax.tree.map(lambda e, p: keep.astype(e.dtype) * e + rate.astype(p.dtype) * p, ema, params)
 
 
 def _sums(logits: jax.Array, batch: dict, label_smoothing: float = 0.0) -> dict:
@@ -202,10 +225,7 @@ def update(
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["count"], 1.0), grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = state.ema
-    if ema is not None:
-        d = options.ema_decay
-        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+    ema = None if state.ema is None else ema_update(state.ema, params, state.step, options.ema_decay)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats, ema=ema), sums
 
 

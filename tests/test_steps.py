@@ -174,10 +174,66 @@ def test_the_ema_follows_the_parameters_and_is_what_evaluation_uses():
     data, indices = _data(64), np.arange(64, dtype=np.int32)
     new, _ = jax.jit(lambda s: steps.train_step(graphdef, tx, s, data, indices, options=options))(state)
     for e, p0, p1 in zip(*(jax.tree.leaves(t) for t in (new.ema, state.params, new.params)), strict=True):
-        np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * p1, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(e, 0.1 * p0 + 0.9 * p1, rtol=1e-6, atol=1e-7)  # update 0's decay: 1/10
     assert steps.inference(new) is new.ema
     off = _regularised()[2]
     assert off.ema is None and off.batch_stats is None and steps.inference(off) is off.params
+
+
+def _toy_trajectory(k: int, seed: int = 0) -> list[dict]:
+    """k + 1 parameter pytrees p_0..p_k (float32), each an independent draw."""
+    rng = np.random.default_rng(seed)
+    return [{"w": rng.normal(size=3), "b": {"c": rng.normal(size=(2, 2))}} for _ in range(k + 1)]
+
+
+def _ema_of(trajectory: list[dict], decay: float) -> list[dict]:
+    """The EMA after each update, started at p_0, as the train step computes it (one jitted ema_update each)."""
+    as32 = [jax.tree.map(lambda x: np.asarray(x, np.float32), p) for p in trajectory]
+    update = jax.jit(lambda e, p, t: steps.ema_update(e, p, t, decay))
+    emas = [as32[0]]
+    for t, p in enumerate(as32[1:]):
+        emas.append(update(emas[-1], p, jnp.asarray(t, jnp.int32)))
+    return emas
+
+
+def _weighted(weights: list[float], trajectory: list[dict]) -> dict:
+    """Σ_m weights[m] · trajectory[m], leaf by leaf, in float64."""
+    return jax.tree.map(lambda *ps: sum(w * np.float64(p) for w, p in zip(weights, ps, strict=True)), *trajectory)
+
+
+def test_the_ema_after_k_updates_is_the_closed_form_of_its_warming_decay():
+    """In the warm-up (decay (1+t)/(10+t) < 0.999, t < 8 990) the EMA after k updates is
+    Σ_{m=0..k} C(m+8, 8) / C(k+9, 9) · p_m; the initial parameters weigh 1/C(k+9, 9)."""
+    from math import comb
+
+    trajectory = _toy_trajectory(60)
+    emas = _ema_of(trajectory, 0.999)
+    for k in (1, 2, 9, 30, 60):
+        weights = [comb(m + 8, 8) / comb(k + 9, 9) for m in range(k + 1)]
+        want = _weighted(weights, trajectory[: k + 1])
+        for got, w in zip(jax.tree.leaves(emas[k]), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(got, w, rtol=2e-5, atol=2e-6)
+    assert 1 / comb(60 + 9, 9) < 1e-10  # p_0 is forgotten, unlike 0.999**60 = 0.94 of a constant decay
+
+
+def test_the_ema_reaches_its_constant_decay_and_then_updates_as_it_always_did():
+    """Decay 0.5: d_t = min(0.5, (1+t)/(10+t)) warms up for t < 8, then stays 0.5. The EMA after k updates is
+    Π_{t<k} d_t · p_0 + Σ_{m=1..k} (1 - d_{m-1}) Π_{m≤t<k} d_t · p_m (exact arithmetic, float64); past the
+    warm-up one update is bitwise ``d·e + (1-d)·p`` with d a Python float, the update before the warm-up existed."""
+    decay, k = 0.5, 20
+    d = [min(decay, (1 + t) / (10 + t)) for t in range(k)]
+    assert d[7] < decay == d[8]
+    trajectory = _toy_trajectory(k, seed=1)
+    weights = [float(np.prod(d))] + [(1 - d[m - 1]) * float(np.prod(d[m:])) for m in range(1, k + 1)]
+    got = _ema_of(trajectory, decay)[k]
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(_weighted(weights, trajectory)), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+    e, p = (jax.tree.map(lambda x: np.asarray(x, np.float32), x) for x in trajectory[:2])
+    before = jax.jit(lambda e, p: jax.tree.map(lambda a, b: 0.999 * a + (1.0 - 0.999) * b, e, p))(e, p)
+    for t, same in ((8989, False), (8990, True), (10**6, True)):
+        now = jax.jit(lambda e, p, t: steps.ema_update(e, p, t, 0.999))(e, p, jnp.asarray(t, jnp.int32))
+        equal = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(now), jax.tree.leaves(before), strict=True)]
+        assert all(equal) if same else not any(equal), (t, equal)
 
 
 def test_batchnorm_statistics_live_in_the_state_and_refuse_micro_batches():
