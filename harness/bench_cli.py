@@ -463,6 +463,7 @@ def _check_ledger_dir(directory: Path, writing: bool) -> None:
 
 def run(args, overrides: list[str]) -> int:
     """Dispatches ``harness bench ACTION``."""
+    ledger.git_commit()  # the code this run starts with names its rows, however long it runs
     directory = ledger_dir(args)
     _check_args(args)
     writing = args.action in ("run", "sweep", "tta", "suite", "accuracy", "compile") and not args.no_ledger

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import re
@@ -54,9 +55,11 @@ def machine_key(fp: dict) -> tuple:
     return fp["platform"], fp["device_kind"], fp["device_count"], fp.get("cpu_model"), fp.get("cpu_cores")
 
 
+@functools.cache
 def git_commit() -> str | None:
     """HEAD of the checkout harness runs from, with ``+dirty`` when it has uncommitted changes; None for an
-    installed wheel (or outside git)."""
+    installed wheel (or outside git). Read once per process (``harness bench`` reads it when it starts), so a long
+    run's rows name the code it started with, not commits made while it ran."""
     root = paths.PACKAGE_ROOT.parent
     if not paths.is_checkout(root):
         return None

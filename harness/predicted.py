@@ -91,15 +91,16 @@ def _slice(row: dict) -> str:
     return f"{fp['accelerator']} ({fp['topology']}: {fp['chips']} chips, {fp['hosts']} host{'s' * (fp['hosts'] > 1)})"
 
 
-def table(rows: list[dict], widths: tuple[int, ...] | None = None) -> list[str]:
-    """Markdown: one line per series (``widths``: only those), its first batch's prediction and its largest batch."""
+def table(rows: list[dict], widths: tuple[int, ...] | None = None, dtypes: tuple[str, ...] | None = None) -> list[str]:
+    """Markdown: one line per series (``widths``, ``dtypes``: only those), its first batch's prediction and its
+    largest batch."""
     lines = [
         "| slice | model | width | dtype | parallel | batch | predicted ex/s | per chip | MFU | memory/device "
         "| largest batch that fits | ex/s there | MFU there | measured ÷ predicted |",
         "|" + "---|" * 14,
     ]
-    for key, batches in sorted(series(rows).items(), key=lambda kv: _order(kv[0])):
-        if widths is not None and key[2] not in widths:
+    for key, batches in sorted(series(rows).items(), key=lambda kv: _order(kv[0], kv[1])):
+        if (widths is not None and key[2] not in widths) or (dtypes is not None and key[3] not in dtypes):
             continue
         first = batches[min(batches)]
         largest = _largest(batches)
@@ -117,11 +118,13 @@ def table(rows: list[dict], widths: tuple[int, ...] | None = None) -> list[str]:
 GENERATIONS = ("v2", "v3", "v4", "v5e", "v5p", "v6e")
 
 
-def _order(key: tuple) -> tuple:
+def _order(key: tuple, batches: dict) -> tuple:
+    """By generation, then slice size, then the series' own key."""
     accelerator = key[0]
     generation = accelerator.split("-")[0].split(":")[0]
     rank = GENERATIONS.index(generation) if generation in GENERATIONS else len(GENERATIONS)
-    return (rank, accelerator, *key[1:])
+    chips = next(iter(batches.values()))["fingerprint"].get("chips", 0)
+    return (rank, chips, *map(str, key))
 
 
 def _provenance(rows: list[dict]) -> str:
@@ -142,8 +145,10 @@ def section(rows: list[dict]) -> list[str]:
 
 
 def readme_block(rows: list[dict]) -> str:
-    """README's table between its markers: width 1 of every series."""
-    return "\n".join([README_BEGIN, "", _provenance(rows), "", *table(rows, widths=(1,)), "", README_END])
+    """README's table between its markers: every slice's width-1 models in float32 (harness's default dtype)."""
+    lines = table(rows, widths=(1,), dtypes=("float32",))
+    note = "Width 1 in float32; every width and bfloat16 in [LEADERBOARD.md](benchmarks/LEADERBOARD.md)."
+    return "\n".join([README_BEGIN, "", _provenance(rows), note, "", *lines, "", README_END])
 
 
 def update_readme(path: Path, rows: list[dict]) -> bool:

@@ -262,3 +262,16 @@ def test_tried_rows_turn_a_sweep_into_throughput_and_out_of_memory_rows(monkeypa
     assert rows[0]["figures"] == {**measured, "suite": "sweep"} and rows[1]["point"]["batch_size"] == 32
     assert rows[1]["figures"] == {"stopped": "out of memory", "error": "RESOURCE_EXHAUSTED: 9 GiB", "suite": "sweep"}
     assert said == ["batch 32: out of memory, the sweep stops here (RESOURCE_EXHAUSTED: 9 GiB)"]
+
+
+def test_the_commit_is_read_once_per_process(monkeypatch):
+    """A grid that runs for an hour names the code it started with, not commits made meanwhile in the checkout."""
+    import subprocess
+
+    from harness import ledger as ledger_module
+
+    ledger_module.git_commit.cache_clear()
+    first = ledger_module.git_commit()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("git asked again"))
+    assert ledger_module.git_commit() == first
+    ledger_module.git_commit.cache_clear()
