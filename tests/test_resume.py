@@ -11,6 +11,7 @@ import signal
 import subprocess
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import final_checkpoint, read_events
@@ -375,3 +376,41 @@ def test_a_workdir_written_before_the_options_existed_resumes(tiny_config, tmp_p
     assert train.train_and_evaluate(tiny_config, workdir, print_fn=lines.append)["step"] == 16
     assert any(line.startswith("resumed from step 8 (end of epoch 1 of 2)") for line in lines), lines
     assert _stored_paths(workdir, 16) == before  # options off: today's checkpoints are laid out as before
+
+
+def test_a_run_saved_with_the_constant_decay_ema_resumes_and_carries_its_ema_on_at_the_warming_decay(
+    tiny_config, tmp_path, monkeypatch
+):
+    """A workdir whose EMA harness kept at the constant decay (before the decay warmed up: the same TrainState, the
+    same ``ema`` leaves) restores and trains on; from the step it resumes at, its stored EMA is updated at
+    min(d, (1+t)/(10+t)). So its EMA ends as that of a straight run whose first epoch used the constant decay."""
+    from harness import steps
+
+    warming = steps.ema_decay
+
+    def constant(decay, step):
+        return jnp.asarray(decay, jnp.float32), jnp.asarray(1.0 - decay, jnp.float32)
+
+    def constant_first_epoch(decay, step):
+        old, new = constant(decay, step), warming(decay, step)
+        return tuple(jnp.where(step < 8, o, n) for o, n in zip(old, new, strict=True))
+
+    tiny_config.update(ema_decay=0.999, num_epochs=1)
+    monkeypatch.setattr(steps, "ema_decay", constant)
+    train.train_and_evaluate(tiny_config, tmp_path / "old", print_fn=_quiet)
+    assert {p[0] for p in _stored_paths(tmp_path / "old", 8)} == {"step", "params", "opt_state", "ema"}
+    tiny_config.num_epochs = 2
+    monkeypatch.setattr(steps, "ema_decay", constant_first_epoch)
+    train.train_and_evaluate(tiny_config, tmp_path / "straight", print_fn=_quiet)
+    monkeypatch.setattr(steps, "ema_decay", warming)
+    train.train_and_evaluate(tiny_config, tmp_path / "new", print_fn=_quiet)
+    lines = []
+    assert train.train_and_evaluate(tiny_config, tmp_path / "old", print_fn=lines.append)["step"] == 16
+    assert any(line.startswith("resumed from step 8 (end of epoch 1 of 2)") for line in lines), lines
+    (a, _), (b, _), (c, _) = (final_checkpoint(tmp_path / name) for name in ("straight", "old", "new"))
+    _assert_bitwise_equal(a.params, b.params)
+    _assert_bitwise_equal(c.params, b.params)
+    gaps = [float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a.ema), jax.tree.leaves(b.ema), strict=True)]
+    apart = [float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(c.ema), jax.tree.leaves(b.ema), strict=True)]
+    assert max(gaps) < 1e-6  # 0 when measured; the straight run computes its decay in another expression
+    assert min(apart) > 1e-5  # the first epoch's constant decay still shows (2e-4 measured, p_0 weighs 1.1 %)
