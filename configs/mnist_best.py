@@ -7,6 +7,8 @@ specific to Fashion-MNIST.
 
 Not measured here: the mnist files are not on this project's machine, which is offline (only Debian's
 Fashion-MNIST is); the config is tested end to end on generated IDX files.
+Any `--config.num_epochs=N` evaluates an EMA of the recent weights (its decay warms up as min(0.999, (1+t)/(10+t))):
+tested on generated digits to evaluate within 0.5 points of the raw weights after 2 epochs.
 Published anchors: a single small CNN with BatchNorm and augmentation averages 0.9964 (cdeotte/MNIST-CNN-99.75).
 """
 

@@ -48,7 +48,10 @@ def differences(copied: Recipe) -> list[str]:
             "learning rate: the same at a constant rate, not under a schedule"
         )
     if copied.ema_decay:
-        found.append("EMA: Keras's average starts at the weights after the first step, harness's at the initial ones")
+        found.append(
+            "EMA: Keras's decay is constant from the first step (which copies the weights), harness's warms up as "
+            "min(decay, (1 + t) / (10 + t)) from the initial weights"
+        )
     return found
 
 
