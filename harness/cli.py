@@ -161,18 +161,23 @@ def _add_bench(sub) -> None:
         "--topologies",
         default=None,
         help="compile: TPU slices to compile the grid for, comma-separated (accelerator types or libtpu topologies; "
-        "default v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8,v5e-256)",
+        f"default {topology.DEFAULT_SLICES})",
     )
     b.add_argument("--fit", action="store_true", help="compile: search each point's largest batch that fits")
-    b.add_argument(
+    _add_max_batch(b, "compile --fit")
+    b.add_argument("--readme", help="report: also render the predicted-TPU table into this README's markers")
+    b.add_argument("--budget", type=float, default=420.0, help="suite: seconds to spend at most (default 420)")
+
+
+def _add_max_batch(parser, which: str) -> None:
+    """``--max-batch``, the same for ``harness compile`` and ``harness bench compile``."""
+    parser.add_argument(
         "--max-batch",
         type=int,
         default=0,
-        help="compile --fit: the largest global batch tried (default 0: the training split's size, the most "
-        "`harness train` accepts)",
+        help=f"{which}: the largest global batch tried (default 0: the training split's size, the most `harness "
+        "train` accepts)",
     )
-    b.add_argument("--readme", help="report: also render the predicted-TPU table into this README's markers")
-    b.add_argument("--budget", type=float, default=420.0, help="suite: seconds to spend at most (default 420)")
 
 
 def _add_compile(sub) -> None:
@@ -190,13 +195,7 @@ def _add_compile(sub) -> None:
     )
     c.add_argument("--config", default="default", help="config file, or a shipped config's name (default: default)")
     c.add_argument("--fit", action="store_true", help="also find the largest global batch whose steps fit in HBM")
-    c.add_argument(
-        "--max-batch",
-        type=int,
-        default=0,
-        help="--fit: the largest global batch tried (default 0: the training split's size, the most `harness "
-        "train` accepts)",
-    )
+    _add_max_batch(c, "--fit")
     c.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -19,8 +19,6 @@ from harness import aot, bench, ledger, topology
 from harness.errors import HarnessError
 from harness.plan import Plan
 
-DEFAULT_TOPOLOGIES = "v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8,v5e-256"  # every generation users rent, and a pod slice
-
 
 def _size(n: float | None) -> str:
     if n is None:
@@ -97,10 +95,15 @@ def _fit_line(result: dict, what: str) -> str:
 
 
 def search(
-    config: ml_collections.ConfigDict, tpu: topology.Slice, max_batch: int, show: Callable[[int, dict | str], None]
+    config: ml_collections.ConfigDict,
+    tpu: topology.Slice,
+    max_batch: int,
+    show: Callable[[int, dict | str], None],
+    known: dict[int, dict] | None = None,
 ) -> tuple[dict, dict[int, dict]]:
     """:func:`harness.aot.fit` of ``config`` on ``tpu`` from its batch size; (the search's result, the figures of
-    each batch that compiled). ``show(batch, figures or the error)`` is told every attempt."""
+    each batch that compiled). ``show(batch, figures or the error)`` is told every attempt; ``known``: figures of
+    batches already compiled (not compiled again)."""
     compiled: dict[int, dict] = {}
     devices, _ = aot.resolve(config, tpu)
 
@@ -108,7 +111,7 @@ def search(
         c = config.copy_and_resolve_references()
         c.batch_size = batch
         try:
-            figures = aot.predict(c, tpu)
+            figures = (known or {}).get(batch) or aot.predict(c, tpu)
         except aot.CompileError as e:
             if "RESOURCE_EXHAUSTED" not in str(e) and "memory" not in str(e).lower():
                 raise aot.CompileError(f"batch {batch}: {e}") from None
@@ -156,7 +159,7 @@ def compile_command(args, overrides: list[str]) -> int:
             if not args.json:
                 print(f"  batch {batch:,}: " + (f"does not fit ({f})" if isinstance(f, str) else _brief(f)))
 
-        result, _ = search(config, tpu, args.max_batch, show)
+        result, _ = search(config, tpu, args.max_batch, show, known={config.batch_size: figures})
         out["fit"] = {k: result[k] for k in ("largest", "first_too_big", "capped")}
         if not args.json:
             print(_fit_line(result, f"{tpu.name} {args.config}"))
@@ -191,7 +194,7 @@ def _series(args) -> list[tuple[topology.Slice, bench.Point]]:
     every point checked on every slice before anything compiles (a bad one is one line naming it)."""
     from harness.bench_cli import _points
 
-    text = DEFAULT_TOPOLOGIES if args.topologies is None else args.topologies
+    text = topology.DEFAULT_SLICES if args.topologies is None else args.topologies
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise HarnessError(f"--topologies={text!r}: name at least one TPU slice, e.g. v5e-8")

@@ -45,6 +45,7 @@ ACCELERATOR_TYPES: dict[str, tuple[str, tuple[int, int, int] | None]] = {
     "v6e-8": ("v6e:2x4", (2, 4, 1)),
     "v6e-256": ("v6e:16x16", None),
 }
+DEFAULT_SLICES = "v2-8,v3-8,v4-8,v5e-8,v5p-8,v6e-8,v5e-256"  # every generation users rent, and a pod slice
 ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}  # Cloud's other spelling of the same accelerator types
 _TOPOLOGY = re.compile(r"v(2|3|4|5e|5p|6e):\d+x\d+(x\d+)?")
 

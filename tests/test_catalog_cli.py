@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import write_tiny_idx
+from test_cli import BAD_IMPORTS
 
 from harness import cli
 from harness.data import idx
@@ -201,19 +202,7 @@ CASES = [
     ],
     *[
         case(f"import-{i}", imports("{idx}", *how), fragment, slow=True)
-        for i, (how, fragment) in enumerate(
-            [
-                (["--as", "Letters", "--classes", LETTERS], "--as 'Letters': a dataset name is a lowercase letter"),
-                (["--as", "my-set", "--classes", LETTERS], "--as 'my-set': a dataset name is"),
-                (["--as", "fashion_mnist", "--classes", LETTERS], "--as fashion_mnist: a shipped dataset's name"),
-                (["--as", "letters", "--classes", "a,b,c"], "--classes names 3 classes, but the labels in"),
-                (["--as", "letters", "--classes", "a,b,c,d,e,f,g,h,i,a"], "'a' named more than once"),
-                (["--as", "letters"], "--as letters needs --classes"),
-                (["--dataset", "kmnist", "--classes", LETTERS], "--classes goes with --as NAME"),
-                (["--dataset", "kmnist", "--as", "letters"], "not allowed with argument"),
-                (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
-            ]
-        )
+        for i, (how, fragment) in enumerate(BAD_IMPORTS)
     ],
     case("import-twice", ["data", "import", "{idx}", "--dataset", "mnist", "--data-dir", "{data}"], "already prepared"),
 ]

@@ -308,20 +308,20 @@ def test_import_train_predict_explore_info_of_kmnist_and_a_named_dataset(
     assert line.split()[:6] == [name, kind, "train", "512,", "test", "100"] and line.endswith(", ".join(classes))
 
 
-@pytest.mark.parametrize(
-    ("argv", "fragment"),
-    [
-        (["--as", "Letters", "--classes", LETTERS], "--as 'Letters': a dataset name is a lowercase letter"),
-        (["--as", "my-set", "--classes", LETTERS], "--as 'my-set': a dataset name is"),
-        (["--as", "fashion_mnist", "--classes", LETTERS], "--as fashion_mnist: a shipped dataset's name"),
-        (["--as", "letters", "--classes", "a,b,c"], "--classes names 3 classes, but the labels in"),
-        (["--as", "letters", "--classes", "a,b,c,d,e,f,g,h,i,a"], "'a' named more than once"),
-        (["--as", "letters"], "--as letters needs --classes"),
-        (["--dataset", "kmnist", "--classes", LETTERS], "--classes goes with --as NAME"),
-        (["--dataset", "kmnist", "--as", "letters"], "not allowed with argument"),
-        (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
-    ],
-)
+BAD_IMPORTS = [  # (arguments after `data import DIR`, the error's fragment); tests/test_catalog_cli.py runs them too
+    (["--as", "Letters", "--classes", LETTERS], "--as 'Letters': a dataset name is a lowercase letter"),
+    (["--as", "my-set", "--classes", LETTERS], "--as 'my-set': a dataset name is"),
+    (["--as", "fashion_mnist", "--classes", LETTERS], "--as fashion_mnist: a shipped dataset's name"),
+    (["--as", "letters", "--classes", "a,b,c"], "--classes names 3 classes, but the labels in"),
+    (["--as", "letters", "--classes", "a,b,c,d,e,f,g,h,i,a"], "'a' named more than once"),
+    (["--as", "letters"], "--as letters needs --classes"),
+    (["--dataset", "kmnist", "--classes", LETTERS], "--classes goes with --as NAME"),
+    (["--dataset", "kmnist", "--as", "letters"], "not allowed with argument"),
+    (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragment"), BAD_IMPORTS)
 def test_bad_imports_are_one_line_and_write_nothing(main_rc, tiny_idx_dir, tmp_path, argv, fragment):
     line = assert_one_line_error(main_rc("data", "import", str(tiny_idx_dir), *argv, "--data-dir", str(tmp_path / "d")))
     assert fragment in line
